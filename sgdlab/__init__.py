@@ -1,0 +1,1 @@
+"""sgdlab: Monte Carlo studies of SGD as one compiled JAX program."""
