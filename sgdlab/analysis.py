@@ -260,6 +260,13 @@ def _apply_xr(
     return ds
 
 
+def _scalars(result: Any) -> Any:
+    """Turn 0-d array fields of a NumPy result into NumPy scalars."""
+    return type(result)(
+        *(v[()] if isinstance(v, np.ndarray) and v.ndim == 0 else v for v in result)
+    )
+
+
 def _t_quantile(level: float, dof: np.ndarray) -> np.ndarray:
     dof = np.asarray(dof, dtype=float)
     dof = np.where(dof >= 1, dof, np.nan)
@@ -388,7 +395,7 @@ def mean_ci(
             _mean_ci_core, [x], [d], MeanCI._fields, kw, {"level": level, "method": method}
         )
     _no_dim_for_numpy(dim)
-    return _mean_ci_core(_numpy_last(x, axis), **kw)
+    return _scalars(_mean_ci_core(_numpy_last(x, axis), **kw))
 
 
 # --------------------------------------------------------------------------- #
@@ -452,7 +459,7 @@ def batch_means(
             {"n_batches": n_batches, "batch_size": size},
         )
     mean, se = _batch_means_core(a, n_batches)
-    return BatchMeans(mean, se, n_batches, size)
+    return _scalars(BatchMeans(mean, se, n_batches, size))
 
 
 def _acf_core(a: np.ndarray) -> np.ndarray:
@@ -503,11 +510,13 @@ def _iat_core(a: np.ndarray, c: float) -> np.ndarray:
     found = ok.any(axis=-1)
     idx = np.where(found, ok.argmax(axis=-1), n - 1)
     tau = np.take_along_axis(tau_m, idx[..., None], axis=-1)[..., 0]
-    if np.any(~found & np.isfinite(tau)):
+    with np.errstate(invalid="ignore"):
+        short = np.isfinite(tau) & (~found | (n < 50.0 * tau))
+    if np.any(short):
         warnings.warn(
-            "the automatic window never closed: the series is too short for its "
-            f"autocorrelation time (need N of at least ~{int(c) * 10}·τ); the estimate is "
-            "unreliable, run longer",
+            f"{int(np.sum(short))} series are shorter than 50 autocorrelation times "
+            f"(N = {n}, largest τ estimate {np.nanmax(np.where(short, tau, np.nan)):.3g}); "
+            "τ is then unreliable and usually underestimated: run longer",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -523,8 +532,9 @@ def integrated_autocorr_time(
     smallest window with ``M ≥ c·τ(M)`` (Sokal 1997; c ≈ 5 keeps the truncation
     bias and the variance, ≈ 2(2M+1)/N · τ², both small). With this convention
     ``Var(x̄) ≈ τ·Var(x)/N``; AR(1) with coefficient ρ gives (1+ρ)/(1−ρ).
-    A constant series gives NaN. If no window satisfies the rule, the full
-    series is used and a RuntimeWarning says the run is too short.
+    A constant series gives NaN. If no window satisfies the rule the full
+    series is used; a RuntimeWarning says so whenever N < 50·τ (the estimate
+    is then unreliable and usually too small).
 
     Args:
         x: series along ``axis``/``dim`` (NumPy array or DataArray).
@@ -633,7 +643,7 @@ def stationary_mean(
     if a.ndim < 2:
         raise ValueError(f"expected at least 2 dims (member, batch), got shape {a.shape}")
     a = np.moveaxis(a, (seed_axis, batch_axis), (-2, -1))
-    return _stationary_core(a, level)
+    return _scalars(_stationary_core(a, level))
 
 
 # --------------------------------------------------------------------------- #
@@ -767,6 +777,10 @@ def fit_exponential_rate(
     the default; it is the calibrated one when the SEs are right). ``interval="t"``
     instead rescales the covariance by χ²/(n−2) and uses t_{n−2}, for SEs known
     only up to a factor. ``chi2_dof`` ≈ 1 checks the model and the SEs.
+
+    The log transform is only first-order: ``E[ln m̂] ≈ ln m − (se/m)²/2``, so
+    relative SEs that vary a lot along t tilt the line slightly; keep
+    ``se/mean`` at a few percent (more members) for calibrated intervals.
 
     Args:
         t: times (1-D).
@@ -942,7 +956,7 @@ def exponential_rate_mle(
             _rate_core, [times, cens], [d], RateMLE._fields, {"level": level}, {"level": level}
         )
     _no_dim_for_numpy(dim)
-    return _rate_core(_numpy_last(times, axis), _numpy_last(censored, axis), level)
+    return _scalars(_rate_core(_numpy_last(times, axis), _numpy_last(censored, axis), level))
 
 
 def _mfpt_core(times: np.ndarray, censored: np.ndarray, level: float) -> FirstPassage:
@@ -1000,7 +1014,7 @@ def mean_first_passage(
             {"level": level},
         )
     _no_dim_for_numpy(dim)
-    return _mfpt_core(_numpy_last(times, axis), _numpy_last(censored, axis), level)
+    return _scalars(_mfpt_core(_numpy_last(times, axis), _numpy_last(censored, axis), level))
 
 
 def kaplan_meier(
@@ -1140,7 +1154,7 @@ def divergence_probability(
             {"level": level},
         )
     _no_dim_for_numpy(dim)
-    return _divergence_core(_numpy_last(diverged_step, axis), level)
+    return _scalars(_divergence_core(_numpy_last(diverged_step, axis), level))
 
 
 # --------------------------------------------------------------------------- #

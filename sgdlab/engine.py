@@ -133,7 +133,7 @@ class FirstPassage:
 
 def _builtin_observables(problem: Problem) -> dict[str, Callable[[Observation], jnp.ndarray]]:
     def tree_norm(t):
-        return optax.global_norm(t)
+        return _norm(t)
 
     obs = {
         "loss": lambda o: o.loss,
@@ -407,6 +407,11 @@ def shared_key(base_seed):
     return jax.random.fold_in(jax.random.key(base_seed), 1)
 
 
+def _norm(tree) -> jnp.ndarray:
+    """Euclidean norm of a pytree."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
 def _all_finite(tree) -> jnp.ndarray:
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
@@ -511,7 +516,7 @@ class _Program:
             params=_select(keep, params, ms.params),
             opt_state=_select(keep, opt_state, ms.opt_state),
             loss=jnp.where(keep, loss, ms.loss),
-            grad_norm=jnp.where(keep, optax.global_norm(grads), ms.grad_norm),
+            grad_norm=jnp.where(keep, _norm(grads), ms.grad_norm),
             diverged_step=jnp.where(alive & ~ok, t, ms.diverged_step),
         )
         if self.event_fn is not None:
@@ -538,7 +543,7 @@ class _Program:
     def _record(self, state: ObserveState, members, hp, data, valid, t):
         study = self.study
         mask = self._live(members, valid)
-        count = jnp.sum(mask, axis=0)
+        count = jnp.sum(mask, axis=0, dtype=jnp.int32)
         values, means, m2s = dict(state.values), dict(state.mean), dict(state.m2)
         for name, fn in self.obs_fns.items():
             v = self._evaluate(fn, members, hp, data, t)
@@ -570,7 +575,7 @@ class _Program:
 
             def per_member(h):
                 loss, grads = jax.value_and_grad(problem.loss)(p, batch, h)
-                return (p, study.optimizer.build(h).init(p), loss, optax.global_norm(grads))
+                return (p, study.optimizer.build(h).init(p), loss, _norm(grads))
             return jax.vmap(per_member)(hp)
 
         params, opt_state, loss, gnorm = jax.vmap(per_seed, in_axes=(0, 0, self.data_axis))(
@@ -590,7 +595,7 @@ class _Program:
             r = len(self.record_steps)
             values, means, m2s = {}, {}, {}
             for name, fn in self.obs_fns.items():
-                v = jax.eval_shape(lambda m, f=fn: self._evaluate(f, m, hp, data, t0), members)
+                v = self._evaluate(fn, members, hp, data, t0)  # shape only; DCE'd
                 if study.observe.members:
                     values[name] = jnp.full((s, g, r) + v.shape[2:], jnp.nan, v.dtype)
                 if study.observe.stats:
@@ -604,7 +609,7 @@ class _Program:
         if study.stationary is not None:
             sums = {}
             for name, fn in self.stat_fns.items():
-                v = jax.eval_shape(lambda m, f=fn: self._evaluate(f, m, hp, data, t0), members)
+                v = self._evaluate(fn, members, hp, data, t0)  # shape only; DCE'd
                 sums[name] = jnp.zeros((s, g, self.n_batches) + v.shape[2:], v.dtype)
             st_state = StationaryState(sums, jnp.zeros((self.n_batches,), jnp.int32))
         return Carry(members, obs_state, st_state, data)
@@ -713,9 +718,10 @@ def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None 
         _tree_bytes(carry.stationary)
     if study.problem.data.shared is False:
         per_seed += _tree_bytes(carry.data)
-    batch = jax.eval_shape(lambda: study.problem.data.batch(
-        carry.data if study.problem.data.shared else jax.tree_util.tree_map(
-            lambda x: x[0], carry.data), jax.random.key(0), jnp.int32(1)))
+    data_one = carry.data if study.problem.data.shared else jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), carry.data)
+    batch = jax.eval_shape(lambda d: study.problem.data.batch(d, jax.random.key(0), jnp.int32(1)),
+                           data_one)
     per_seed += 4 * _tree_bytes(batch) * study.n_grid
     budget = memory_budget or study.memory_budget or default_memory_budget()
     chunk = chunk_size or study.chunk_size

@@ -1,0 +1,306 @@
+"""The engine's contract: equivalence with a plain optax loop, invariance, compile once,
+statistics against closed forms, divergence as data, bounded memory, clear errors."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import sgdlab as sl
+from sgdlab import engine
+
+
+def flat_params(o):
+    return ravel_pytree(o.params)[0]
+
+
+def mlp_study(seeds=3, lrs=(0.05, 0.2), steps=30, momentum=0.9, **kw):
+    problem = sl.problems.mlp_regression((3, 8, 8, 1), activation="tanh", target="teacher",
+                                         teacher_sizes=(3, 4, 1), inputs="gaussian",
+                                         batch_size=5, reduction="half_mean", n_eval=64)
+    return sl.Study(problem, sl.Optimizer("momentum"),
+                    {"learning_rate": list(lrs), "momentum": momentum}, steps=steps, seeds=seeds,
+                    observe=sl.Observe((("theta", flat_params), "loss"), at=(0, steps)), **kw)
+
+
+def reference_loop(problem, lr, momentum, steps, seed_index, base_seed=0):
+    """One member, trained with a plain Python loop of optax updates."""
+    init_k, data_k, _ = engine._seed_keys(base_seed, seed_index)
+    data = problem.data.init(engine.shared_key(base_seed))
+    params = problem.init(init_k)
+    tx = optax.sgd(lr, momentum=momentum)
+    state = tx.init(params)
+    grad = jax.jit(jax.grad(problem.loss))
+    for t in range(1, steps + 1):
+        batch = problem.data.batch(data, data_k, jnp.int32(t))
+        g = grad(params, batch, {})
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    return ravel_pytree(params)[0]
+
+
+@pytest.mark.parametrize("x64,rtol", [(True, 1e-12), (False, 1e-5)])
+def test_vmapped_member_equals_plain_optax_loop(x64, rtol):
+    with jax.enable_x64(x64):
+        study = mlp_study()
+        ds = sl.run(study, progress=False)
+        for i, lr in enumerate(study.grid["learning_rate"]):
+            for s in range(study.seeds):
+                ref = np.asarray(reference_loop(study.problem, lr, 0.9, study.steps, s))
+                got = ds["theta"].isel(learning_rate=i, seed=s, step=-1).values
+                assert got.dtype == (np.float64 if x64 else np.float32)
+                np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+                # the members really moved
+                assert np.abs(got - ds["theta"].isel(learning_rate=i, seed=s, step=0).values
+                              ).max() > 1e-3
+
+
+def test_members_bitwise_invariant_to_ensemble_size_and_chunking():
+    small = sl.run(mlp_study(seeds=16, chunk_size=7), progress=False)
+    big = sl.run(mlp_study(seeds=64, chunk_size=64), progress=False)
+    other = sl.run(mlp_study(seeds=64, chunk_size=7), progress=False)
+    a = small["theta"].values
+    b = big["theta"].isel(seed=slice(0, 16)).values
+    c = other["theta"].values
+    assert np.array_equal(a, b)
+    assert np.array_equal(big["theta"].values, c)
+    # a different seed index really is a different member
+    assert not np.array_equal(b[:, 0], b[:, 1])
+
+
+def test_common_random_numbers_same_init_across_grid():
+    ds = sl.run(mlp_study(seeds=4), progress=False)
+    th0 = ds["theta"].isel(step=0).values  # (lr, seed, p)
+    assert np.array_equal(th0[0], th0[1])
+    assert not np.array_equal(th0[0, 0], th0[0, 1])
+
+
+def test_new_grid_of_same_shape_does_not_retrace():
+    study = mlp_study(lrs=(0.01, 0.02))
+    sl.run(study, progress=False)
+    before = engine.TRACE_COUNT
+    ds = sl.run(study.with_hparams(learning_rate=[0.3, 0.4], momentum=0.5), progress=False)
+    assert engine.TRACE_COUNT == before
+    assert list(ds.learning_rate.values) == [0.3, 0.4]
+    # ... and the new values did reach the compiled program
+    ds2 = sl.run(study.with_hparams(learning_rate=[0.3, 0.5], momentum=0.5), progress=False)
+    assert engine.TRACE_COUNT == before
+    assert np.array_equal(ds["theta"].isel(learning_rate=0).values,
+                          ds2["theta"].isel(learning_rate=0).values)
+    assert not np.array_equal(ds["theta"].isel(learning_rate=1, step=-1).values,
+                              ds2["theta"].isel(learning_rate=1, step=-1).values)
+
+
+def quadratic_study(lrs, seeds=4000, steps=3000, burn_in=300, **kw):
+    problem = sl.problems.noisy_quadratic(curvature=1.0, noise_cov=1.0)
+    return sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": list(lrs)}, steps=steps,
+                    seeds=seeds, observe=sl.Observe(("w",), at=(0, 100, 200, 1000, steps)),
+                    stationary=sl.Stationary(("w2",), burn_in=burn_in, n_batches=10), **kw)
+
+
+def test_stationary_variance_matches_exact_formula():
+    """Var(w) = λσ²/(k(2 − λk)) (Liu, Ziyin & Ueda 2021) within 4 standard errors."""
+    lrs = [0.1, 1.0, 1.9]
+    with jax.enable_x64(True):
+        ds = sl.run(quadratic_study(lrs), progress=False)
+    for i, lr in enumerate(lrs):
+        theory = lr / (2 - lr)
+        est = float(ds.stationary_w2_mean[i, 0])
+        se = float(ds.stationary_w2_se[i, 0])
+        assert abs(est - theory) <= 4 * se, (lr, est, theory, se)
+        assert se < 0.01 * theory  # the test resolves the effect to ~1%
+    # the continuous-time answer λσ²/(2k) is rejected at λk = 1.9
+    est, se = float(ds.stationary_w2_mean[2, 0]), float(ds.stationary_w2_se[2, 0])
+    assert abs(est - 1.9 / 2) > 100 * se
+
+
+def test_divergent_grid_point_is_flagged_frozen_and_isolated():
+    lrs = [0.1, 1.0, 1.9, 2.5]
+    ds = sl.run(quadratic_study(lrs, seeds=64, steps=2000), progress=False)
+    ref = sl.run(quadratic_study(lrs[:3], seeds=64, steps=2000), progress=False)
+    div = ds.diverged_step.values
+    assert np.all(div[3] > 0) and np.all(div[:3] == -1)
+    assert ds.n_diverged.values.tolist() == [0, 0, 0, 64]
+    # frozen: the last two records (steps 1000 and 2000, after divergence) are equal and finite
+    w = ds["w"].isel(learning_rate=3).values[..., 0]
+    assert np.all(div[3] < 1000)
+    assert np.array_equal(w[:, 3], w[:, 4]) and np.all(np.isfinite(w[:, 4]))
+    # statistics use live members only
+    assert int(ds.stationary_w2_n[3]) == 0 and np.isnan(ds.stationary_w2_mean[3, 0])
+    assert int(ds.w_n.isel(learning_rate=3, step=-1)) == 0
+    assert int(ds.w_n.isel(learning_rate=3, step=0)) == 64
+    # neighbours are bitwise unchanged by the diverging grid point
+    for name in ("w", "stationary_w2", "stationary_w2_mean"):
+        assert np.array_equal(ds[name].isel(learning_rate=slice(0, 3)).values, ref[name].values)
+
+
+def test_divergence_bound_flags_large_parameters():
+    study = quadratic_study([1.5], seeds=8, steps=200, burn_in=10, divergence_bound=1e-3)
+    ds = sl.run(study, progress=False)
+    assert np.all(ds.diverged_step.values > 0)
+
+
+def test_memory_does_not_grow_with_steps():
+    """With statistics only, the compiled program's buffers are the same for 10^3 and 10^5 steps."""
+    def footprint(steps):
+        problem = sl.problems.noisy_quadratic(1.0, 1.0)
+        study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": [0.5, 1.0]},
+                         steps=steps, seeds=256, segment_steps=100,
+                         observe=sl.Observe(("risk",), num=20, members=False),
+                         stationary=sl.Stationary(("w2",), burn_in=10, members=False))
+        p = sl.plan(study)
+        prog = engine._program(study, p.chunk_seeds, p.segment_steps)
+        hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
+        idx, valid = jnp.arange(p.chunk_seeds, dtype=jnp.int32), jnp.ones(p.chunk_seeds, bool)
+        carry = prog.init(hp, idx, valid, jnp.uint32(0))
+        m = prog.segment.lower(carry, jnp.int32(0), hp, idx, valid, jnp.uint32(0)) \
+            .compile().memory_analysis()
+        ds = sl.run(study, progress=False)
+        return (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes,
+                ds.nbytes)
+    small, large = footprint(1_000), footprint(100_000)
+    assert small == large
+
+
+def test_first_passage_step_is_exact_and_censoring_marked():
+    # noise-free GD on ½w² from w0 = 1 with λ = 0.5: w_t = 0.5^t, so |w| < 0.01 first at t = 7
+    problem = sl.problems.noisy_quadratic(1.0, 0.0, w0=1.0)
+    fp = sl.FirstPassage(lambda o: jnp.abs(o.params[0]) < 0.01)
+    ds = sl.run(sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": [0.5, 0.01]},
+                         steps=50, seeds=3, first_passage=fp), progress=False)
+    assert ds.event_step.values.tolist() == [[7, 7, 7], [-1, -1, -1]]
+    assert ds.event_censored.values.tolist() == [[False] * 3, [True] * 3]
+
+
+def test_noise_injection_is_traced_and_shared_across_grid():
+    problem = sl.problems.noisy_quadratic(1.0, 0.0)
+    study = sl.Study(problem, sl.Optimizer("sgd"),
+                     {"learning_rate": 0.5, "noise_std": [1.0, 2.0]}, steps=400, seeds=2000,
+                     observe=None, stationary=sl.Stationary(("w2",), burn_in=50))
+    ds = sl.run(study, progress=False)
+    # injected noise has variance noise_std², so Var(w) = λσ²/(2 − λ) = σ²/3
+    for i, s in enumerate((1.0, 2.0)):
+        est, se = float(ds.stationary_w2_mean[i, 0]), float(ds.stationary_w2_se[i, 0])
+        assert abs(est - s**2 / 3) <= 4 * se
+    # common random numbers: the 2σ member is exactly twice the σ member
+    bm = ds.stationary_w2.values[..., 0]
+    np.testing.assert_allclose(bm[1], 4 * bm[0], rtol=1e-4)
+
+
+def test_power_schedule_matches_closed_form_product():
+    # deterministic GD on ½w² with γ_n = γ0/(n+n0)^α: w_n = Π(1 − γ_k) w_0
+    problem = sl.problems.noisy_quadratic(1.0, 0.0, w0=1.0)
+    study = sl.Study(problem, sl.Optimizer("sgd", schedule="power"),
+                     {"gamma0": 0.5, "alpha": [0.0, 0.5, 1.0, 2.0], "n0": 1.0}, steps=100, seeds=1,
+                     observe=sl.Observe(("w",), at=(100,)))
+    with jax.enable_x64(True):
+        ds = sl.run(study, progress=False)
+    k = np.arange(1, 101)
+    for i, a in enumerate([0.0, 0.5, 1.0, 2.0]):
+        expected = np.prod(1 - 0.5 / (k + 1.0) ** a)
+        np.testing.assert_allclose(float(ds.w[i, 0, 0, 0]), expected, rtol=1e-12)
+
+
+def test_results_roundtrip_through_zarr_and_refuse_overwrite(tmp_path):
+    ds = sl.run(quadratic_study([0.5], seeds=8, steps=200, burn_in=10), progress=False)
+    path = sl.save(ds, tmp_path / "r.zarr")
+    back = sl.load(path)
+    assert back.equals(ds) or all(np.array_equal(back[v].values, ds[v].values, equal_nan=True)
+                                  for v in ds.data_vars)
+    assert sl.results.config(back)["steps"] == 200
+    with pytest.raises(FileExistsError, match="--force"):
+        sl.save(ds, path)
+    sl.save(ds, path, overwrite=True)
+    assert not list(tmp_path.glob(".r.zarr*"))
+
+
+def test_plan_chunks_from_budget():
+    study = quadratic_study([0.5, 1.0], seeds=1000, steps=100, burn_in=10)
+    p = sl.plan(study, memory_budget=study and 200 * sl.plan(study).bytes_per_seed)
+    assert p.chunks == 5 and p.chunk_seeds == 200 and p.padded_seeds == 0
+    p = sl.plan(study, chunk_size=300)
+    assert p.chunks == 4 and p.chunk_seeds == 250
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(hparams={"learning_rate": -0.1}), "hparams.learning_rate"),
+    (dict(hparams={"learning_rate": math.nan}), "hparams.learning_rate"),
+    (dict(hparams={"learning_rate": [0.1, 0.1]}), "hparams.learning_rate"),
+    (dict(hparams={"learning_rate": [[0.1]]}), "hparams.learning_rate"),
+    (dict(hparams={"learning_rate": "fast"}), "hparams.learning_rate"),
+    (dict(hparams={"momentum": 0.9}), "hparams"),
+    (dict(hparams={"learning_rate": 0.1, "lr": 0.1}), "hparams"),
+    (dict(seeds=0), "seeds"),
+    (dict(steps=-5), "steps"),
+    (dict(steps=2.5), "steps"),
+    (dict(divergence_bound=0), "divergence_bound"),
+    (dict(observe=sl.Observe(("nope",))), "observe.observables"),
+    (dict(observe=sl.Observe(("loss",), at=(0, 10_000))), "observe.at"),
+    (dict(stationary=sl.Stationary(("w2",), burn_in=100)), "stationary.burn_in"),
+    (dict(first_passage=sl.FirstPassage("escaped")), "first_passage.predicate"),
+])
+def test_bad_study_configuration_raises_naming_the_field(kwargs, field):
+    base = dict(problem=sl.problems.noisy_quadratic(1.0, 1.0), optimizer=sl.Optimizer("sgd"),
+                hparams={"learning_rate": 0.1}, steps=100, seeds=4)
+    base.update(kwargs)
+    with pytest.raises(ValueError, match=f"^{field}"):
+        sl.Study(**base)
+
+
+@pytest.mark.parametrize("make,field", [
+    (lambda: sl.Optimizer("adamw"), "optimizer"),
+    (lambda: sl.Optimizer("sgd", schedule="cosine"), "schedule"),
+    (lambda: sl.problems.mlp_regression((2, 4, 1), activation="gelu"), "activation"),
+    (lambda: sl.problems.mlp_regression((2, 0, 1)), r"sizes\[1\]"),
+    (lambda: sl.problems.noisy_quadratic([1.0, 2.0], [[1.0, 0], [0, 1], [0, 0]]), "noise_cov"),
+    (lambda: sl.problems.noisy_quadratic([1.0, 2.0], [1.0, 1.0, 1.0]), "noise_cov"),
+    (lambda: sl.problems.noisy_quadratic(1.0, -1.0), "noise_cov"),
+    (lambda: sl.problems.linear_regression([1.0, 1.0], 0.1, 4, w_star=[1.0]), "w_star"),
+    (lambda: sl.problems.linear_regression(1.0, 0.1, 4, reduction="avg"), "reduction"),
+    (lambda: sl.data.fixed(lambda k: (jnp.zeros((5, 1)),), 5, 8, "without_replacement"),
+     "batch_size"),
+    (lambda: sl.data.fixed(lambda k: (jnp.zeros((5, 1)),), 5, 2, "shuffle"), "mode"),
+])
+def test_bad_building_blocks_raise_naming_the_field(make, field):
+    with pytest.raises(ValueError, match=f"^{field}") as e:
+        make()
+    assert "=" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_without_replacement_visits_every_example_once_per_epoch():
+    n, s = 12, 4
+    source = sl.data.fixed(lambda k: (jnp.arange(n),), n, s, "without_replacement")
+    data = source.init(jax.random.key(0))
+    key = jax.random.key(1)
+    epochs = []
+    for e in range(3):
+        seen = np.concatenate([np.asarray(source.batch(data, key, jnp.int32(t))[0])
+                               for t in range(1 + e * 3, 4 + e * 3)])
+        assert sorted(seen.tolist()) == list(range(n))
+        epochs.append(seen)
+    assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_relu_derivative_at_zero_is_zero_in_trained_network():
+    assert float(jax.grad(sl.models.relu)(0.0)) == 0.0
+    # a network whose hidden pre-activations are exactly 0: no gradient flows to layer 1
+    params = [(jnp.zeros((2, 3)), jnp.zeros(3)), (jnp.ones((3, 1)), jnp.zeros(1))]
+    g = jax.grad(lambda p: jnp.sum(sl.models.mlp_apply(p, jnp.ones((4, 2)), "relu")))(params)
+    assert float(jnp.abs(g[0][0]).max()) == 0.0 and float(jnp.abs(g[0][1]).max()) == 0.0
+
+
+def test_jax_cpu_vmapped_matvec_reduction_is_correct():
+    """Guards against the jax 0.10.2 CPU miscompile (jax-ml/jax#39103) that pyproject excludes."""
+    n = 32_769
+    i = jnp.arange(n, dtype=jnp.float32)
+    x = jnp.stack((i, jnp.zeros_like(i), jnp.zeros_like(i)), axis=1)
+    m = jnp.eye(3, dtype=jnp.float32)
+
+    def f(x):
+        return jax.vmap(lambda r: jnp.sum((m @ r) ** 2))(x)
+
+    assert float(jax.jit(f)(x)[-1]) == float(f(x)[-1]) == (n - 1) ** 2
