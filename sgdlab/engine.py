@@ -532,10 +532,24 @@ class _Program:
                                                                              strict=True)])
 
     # ---- all members of a chunk
+    def _per_seed_data(self, data, n_seeds):
+        """Data with a leading seed axis.
+
+        Shared data is broadcast rather than closed over: a contraction of a
+        seed-batched operand with an unbatched one is lowered by XLA to a single
+        matrix product whose blocking (and rounding) depends on the number of
+        seeds, while a batched product is computed seed by seed. Broadcasting keeps
+        every member's bits independent of the ensemble size and chunking.
+        """
+        if self.data_axis == 0:
+            return data
+        return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_seeds,) + x.shape), data)
+
     def _evaluate(self, fn, members: MemberState, hp, data, t):
         def per_seed(ms_g, d):
             return jax.vmap(lambda ms, h: fn(self._observation(ms, t, h, d)))(ms_g, hp)
-        return jax.vmap(per_seed, in_axes=(0, self.data_axis))(members, data)
+        data = self._per_seed_data(data, members.diverged_step.shape[0])
+        return jax.vmap(per_seed)(members, data)
 
     def _live(self, members: MemberState, valid):
         return valid[:, None] & (members.diverged_step < 0)
@@ -578,8 +592,8 @@ class _Program:
                 return (p, study.optimizer.build(h).init(p), loss, _norm(grads))
             return jax.vmap(per_member)(hp)
 
-        params, opt_state, loss, gnorm = jax.vmap(per_seed, in_axes=(0, 0, self.data_axis))(
-            params_s, data_k, data)
+        params, opt_state, loss, gnorm = jax.vmap(per_seed)(
+            params_s, data_k, self._per_seed_data(data, seed_index.shape[0]))
         s = seed_index.shape[0]
         members = MemberState(
             params=params, opt_state=opt_state, loss=loss, grad_norm=gnorm,
@@ -631,9 +645,11 @@ class _Program:
             return jax.vmap(self._member_step, in_axes=(0, None, None, 0, None, None))(
                 ms_g, batch, noise, hp, t, d)
 
+        data_s = self._per_seed_data(data, seed_index.shape[0])
+
         def body(c: Carry, t):
-            members = jax.vmap(per_seed, in_axes=(0, 0, 0, self.data_axis, None))(
-                c.members, data_k, noise_k, data, t)
+            members = jax.vmap(per_seed, in_axes=(0, 0, 0, 0, None))(
+                c.members, data_k, noise_k, data_s, t)
             obs_state = c.observe
             if obs_state is not None:
                 r = rec_steps.shape[0]
@@ -716,8 +732,7 @@ def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None 
                            jnp.uint32(study.seed))
     per_seed = 3 * _tree_bytes(carry.members) + _tree_bytes(carry.observe) + \
         _tree_bytes(carry.stationary)
-    if study.problem.data.shared is False:
-        per_seed += _tree_bytes(carry.data)
+    per_seed += _tree_bytes(carry.data)  # shared data is broadcast per seed (see _per_seed_data)
     data_one = carry.data if study.problem.data.shared else jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), carry.data)
     batch = jax.eval_shape(lambda d: study.problem.data.batch(d, jax.random.key(0), jnp.int32(1)),

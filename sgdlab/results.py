@@ -121,7 +121,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Pa
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         store = tmp / "store.zarr"
-        ds.to_zarr(store, mode="w", consolidated=True)
+        ds.to_zarr(store, mode="w", consolidated=False)
         _fsync_tree(store)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -156,7 +156,7 @@ def load(path: str | os.PathLike) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no result store at {path}")
-    ds = xr.open_zarr(path, consolidated=True).load()
+    ds = xr.open_zarr(path, consolidated=False).load()
     fmt = ds.attrs.get("sgdlab_format")
     if fmt is None:
         raise ValueError(f"{path} is not an sgdlab result store (no sgdlab_format attribute)")
