@@ -30,10 +30,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from sgdlab._validate import choice
+from sgdlab._validate import choice, fail
 
 NAMES = ("sgd", "momentum", "nesterov", "adam")
 SCHEDULES = ("constant", "power")
@@ -69,14 +71,25 @@ class Optimizer:
       name: ``"sgd"``, ``"momentum"`` (heavy ball), ``"nesterov"`` or ``"adam"``.
       schedule: ``"constant"`` (uses ``learning_rate``) or ``"power"``
         (``γ0/(n+n0)^α``, uses ``gamma0``, ``alpha``, ``n0``).
+      preconditioner: a fixed matrix P applied to the gradient of vector
+        parameters before the rest of the update, so the matrix learning rate is
+        ``Λ = λP`` (damped Newton: ``P = A⁻¹``; natural gradient: ``P = F⁻¹``;
+        Liu, Ziyin & Ueda 2021, Sec. 5).
     """
 
     name: str = "sgd"
     schedule: str = "constant"
+    preconditioner: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self):
         choice("optimizer", self.name, NAMES)
         choice("schedule", self.schedule, SCHEDULES)
+        if self.preconditioner is not None:
+            p = np.asarray(self.preconditioner, dtype=float)
+            if p.ndim != 2 or p.shape[0] != p.shape[1] or not np.all(np.isfinite(p)):
+                fail("preconditioner", np.shape(self.preconditioner),
+                     "expected a finite square matrix (nested tuples)")
+            object.__setattr__(self, "preconditioner", tuple(map(tuple, p.tolist())))
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -113,9 +126,19 @@ class Optimizer:
             tx = optax.sgd(lr, momentum=hp["momentum"], nesterov=self.name == "nesterov")
         else:
             tx = optax.adam(lr, b1=hp["b1"], b2=hp["b2"], eps=hp["eps"])
+        if self.preconditioner is not None:
+            tx = optax.chain(_precondition(jnp.asarray(self.preconditioner)), tx)
         if "weight_decay" in hp:
             tx = optax.chain(optax.add_decayed_weights(hp["weight_decay"]), tx)
         return tx
+
+
+def _precondition(P: jnp.ndarray) -> optax.GradientTransformation:
+    """Multiply the gradient of a vector parameter by the matrix ``P``."""
+    def update(updates, state, params=None):
+        del params
+        return jax.tree_util.tree_map(lambda g: P.astype(g.dtype) @ g, updates), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def step_size_at(optimizer: Optimizer, hp, n) -> jnp.ndarray:
