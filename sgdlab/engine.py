@@ -4,7 +4,7 @@ A :class:`Study` is a grid over traced hyperparameters × seeds. :func:`run`
 compiles one program per static configuration (problem, optimizer, recorders,
 step count, chunk shape) and runs every member through it:
 
-``jit( scan over steps ( vmap over seeds ( draw the seed's batch ; vmap over grid points ( update ))))``
+``jit(scan over steps(vmap over seeds(draw the seed's batch; vmap over grid points(update))))``
 
 * Member keys are ``fold_in(fold_in(key(seed), 0), seed_index)``; from a seed's
   key come its init key (``fold_in(k, 0)``), data key (``fold_in(k, 1)``) and
@@ -249,7 +249,8 @@ class Study:
                     fail("first_passage.predicate", fp.predicate, "expected one of the problem's "
                          "events (" + ", ".join(sorted(self.problem.events)) + ") or a function")
             elif not callable(fp.predicate):
-                fail("first_passage.predicate", fp.predicate, "expected an event name or a function")
+                fail("first_passage.predicate", fp.predicate,
+                     "expected an event name or a function")
 
     def _check_hparams(self, hparams) -> dict[str, np.ndarray]:
         if not isinstance(hparams, Mapping):
@@ -465,7 +466,7 @@ class _Program:
         self.study = study
         self.chunk_seeds = chunk_seeds
         self.segment_steps = segment_steps
-        problem, opt = study.problem, study.optimizer
+        problem = study.problem
         available = _builtin_observables(problem)
         self.obs_fns = ({n: f for n, f in (_resolve(s, available, "observe")
                                            for s in study.observe.observables)}

@@ -97,8 +97,9 @@ def test_new_grid_of_same_shape_does_not_retrace():
 
 def quadratic_study(lrs, seeds=4000, steps=3000, burn_in=300, **kw):
     problem = sl.problems.noisy_quadratic(curvature=1.0, noise_cov=1.0)
+    at = tuple(sorted({0, min(100, steps), min(200, steps), steps // 2, steps}))
     return sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": list(lrs)}, steps=steps,
-                    seeds=seeds, observe=sl.Observe(("w",), at=tuple(sorted({0, min(100, steps), min(200, steps), steps // 2, steps}))),
+                    seeds=seeds, observe=sl.Observe(("w",), at=at),
                     stationary=sl.Stationary(("w2",), burn_in=burn_in, n_batches=10), **kw)
 
 

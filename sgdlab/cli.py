@@ -1,0 +1,105 @@
+"""The ``sgdlab`` command line: list, run, report, bench.
+
+Exit status: 0 when every check passes, 1 when a check fails, 2 on a usage or
+configuration error (a one-line message on stderr, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sgdlab", description="Monte Carlo studies of SGD.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    sub.add_parser("list", help="the experiments, one line each")
+    r = sub.add_parser("run", help="run an experiment")
+    r.add_argument("name")
+    r.add_argument("--preset", default="quick", choices=("quick", "paper"))
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter (lists with commas); repeatable")
+    r.add_argument("--config", metavar="FILE.toml")
+    r.add_argument("--out", metavar="DIR", help="output directory (default runs/NAME)")
+    r.add_argument("--force", action="store_true", help="replace a finished run in DIR")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--x64", action="store_true", help="run in float64 (validation)")
+    r.add_argument("--memory", type=float, metavar="GiB", help="memory budget per chunk")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--params", action="store_true", help="list the parameters and exit")
+    rep = sub.add_parser("report", help="redraw figures and reprint the table of a stored run")
+    rep.add_argument("dir")
+    sub.add_parser("bench", help="benchmarks (see `sgdlab bench --help`)", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        import benchmarks
+        return benchmarks.main(argv[1:])
+    try:
+        args = _parser().parse_args(argv)
+        if args.command is None:
+            _parser().print_help()
+            return 2
+        return _dispatch(args)
+    except (_UsageError, ValueError, FileExistsError, FileNotFoundError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"sgdlab: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sgdlab: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from sgdlab import experiments
+
+    if args.command == "list":
+        for name in experiments.names():
+            exp = experiments.get(name)
+            print(f"{name:16s} study {exp.study}: {exp.title}")
+        return 0
+    if args.command == "report":
+        summary, figures = experiments.report(args.dir)
+        print(experiments.summary_table(summary))
+        paths = (os.path.join(args.dir, "figures", f + ".png") for f in figures)
+        print("figures: " + ", ".join(paths))
+        return experiments.exit_status(summary)
+    # run
+    exp = experiments.get(args.name)
+    if args.params:
+        for p in exp.params:
+            print(p.describe())
+        return 0
+    if args.seed < 0:
+        raise ValueError(f"--seed={args.seed} is invalid: expected a non-negative integer")
+    if args.memory is not None and not args.memory > 0:
+        raise ValueError(f"--memory={args.memory} is invalid: expected a positive number of GiB")
+    if args.x64:
+        import jax
+        jax.config.update("jax_enable_x64", True)
+    out = args.out or os.path.join("runs", args.name)
+    summary, _, figures = experiments.run(
+        args.name, args.preset, config_file=args.config, set_strings=args.sets, out=out,
+        force=args.force, seed=args.seed, progress=not args.quiet,
+        memory_budget=None if args.memory is None else int(args.memory * 2**30))
+    print(experiments.summary_table(summary))
+    print(f"wrote {out}/results.zarr, {out}/summary.json, {out}/figures/ "
+          f"({len(figures)} figure(s)) in {summary['runtime_s']:.1f} s")
+    return experiments.exit_status(summary)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,456 @@
+"""Named experiments: each study of the science notes as measurement + prediction + verdict.
+
+An :class:`Experiment` declares its parameters (:class:`Param`: type, range,
+choices, whether a list is allowed), its presets (``quick``: about two minutes
+on two CPU cores; ``paper``: the papers' sizes, for a GPU), and a ``compute``
+function that runs the engine and returns an :class:`Outcome`: labeled result
+datasets and a flat list of quantities ``{name, coords, value, se, predicted, z,
+pass}``. A ``figures`` function redraws every figure from the stored results and
+summary alone, so ``sgdlab report DIR`` needs no recomputation.
+
+Configuration is resolved as defaults ← preset ← TOML file ← ``--set`` values,
+and every value is validated when the configuration is built (one-line
+ValueError naming the key, the value and what is allowed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sgdlab._validate import fail
+
+PRESETS = ("quick", "paper")
+Z_PASS = 4.0
+"""A check passes when |value - predicted| <= Z_PASS * se."""
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class Param:
+    """One experiment parameter (a key of ``--set``)."""
+
+    name: str
+    kind: type  # float, int, str or bool
+    default: Any
+    help: str
+    list: bool = False
+    choices: tuple[str, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def parse(self, text: str) -> Any:
+        """Parse a ``--set`` string (lists are comma separated)."""
+        parts = [p.strip() for p in text.split(",")] if self.list else [text.strip()]
+        if self.list and any(p == "" for p in parts):
+            fail(self.name, text, "expected a comma-separated list without empty items")
+        values = [self._parse_one(p) for p in parts]
+        return self.check(values if self.list else values[0])
+
+    def _parse_one(self, s: str) -> Any:
+        if self.kind is bool:
+            if s.lower() in ("true", "1", "yes"):
+                return True
+            if s.lower() in ("false", "0", "no"):
+                return False
+            fail(self.name, s, "expected true or false")
+        if self.kind is str:
+            return s
+        try:
+            x = float(s) if self.kind is float else int(s)
+        except ValueError:
+            fail(self.name, s, f"expected {'a number' if self.kind is float else 'an integer'}")
+        return x
+
+    def check(self, value: Any) -> Any:
+        """Validate a value (from a preset, a TOML file or the API)."""
+        if self.list:
+            if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+                value = [value]
+            value = list(value)
+            if not value:
+                fail(self.name, value, "expected at least one value")
+            return [self._check_one(v) for v in value]
+        if isinstance(value, list | tuple | np.ndarray):
+            fail(self.name, value, "expected a single value, not a list")
+        return self._check_one(value)
+
+    def _check_one(self, v: Any) -> Any:
+        k = self.kind
+        if k is bool:
+            if not isinstance(v, bool | np.bool_):
+                fail(self.name, v, "expected true or false")
+            return bool(v)
+        if k is str:
+            if not isinstance(v, str):
+                fail(self.name, v, "expected a string")
+            if self.choices is not None and v not in self.choices:
+                fail(self.name, v, "expected one of " + ", ".join(self.choices))
+            return v
+        numeric = isinstance(v, int | float | np.integer | np.floating)
+        if isinstance(v, bool | np.bool_) or not numeric:
+            fail(self.name, v, f"expected {'a number' if k is float else 'an integer'}")
+        if k is int:
+            if isinstance(v, float | np.floating) and not float(v).is_integer():
+                fail(self.name, v, "expected an integer")
+            v = int(v)
+        else:
+            v = float(v)
+            if not math.isfinite(v):
+                fail(self.name, v, "expected a finite number")
+        lo = self.low if self.low is not None else -math.inf
+        hi = self.high if self.high is not None else math.inf
+        if v < lo or v > hi or (self.low_open and v == lo):
+            bracket = "(" if self.low_open else "["
+            fail(self.name, v, f"expected a value in {bracket}{lo:g}, {hi:g}]")
+        return v
+
+    def describe(self) -> str:
+        kind = self.kind.__name__ + ("[,...]" if self.list else "")
+        extra = f" one of {'/'.join(self.choices)}" if self.choices else ""
+        return f"{self.name} ({kind}{extra}): {self.help} [default {self.default!r}]"
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+def quantity(name: str, coords: Mapping[str, Any], value: float, se: float,
+             predicted: float | None = None, *, ci: tuple[float, float] | None = None,
+             note: str | None = None) -> dict:
+    """One summary entry. The verdict is |value − predicted| ≤ 4·se, or for a fitted
+    slope (``ci`` given) whether the 95% interval covers the prediction."""
+    value, se = float(value), float(se)
+    q: dict[str, Any] = {"name": name, "coords": {k: _plain(v) for k, v in coords.items()},
+                         "value": _finite_or_none(value), "se": _finite_or_none(se),
+                         "predicted": None, "z": None, "pass": None}
+    if predicted is not None and math.isfinite(float(predicted)):
+        p = float(predicted)
+        q["predicted"] = p
+        if math.isfinite(value) and math.isfinite(se) and se > 0:
+            q["z"] = (value - p) / se
+            q["pass"] = bool(abs(q["z"]) <= Z_PASS) if ci is None else bool(ci[0] <= p <= ci[1])
+        else:
+            q["pass"] = False
+            note = note or "no finite measurement (all members diverged?)"
+    if ci is not None:
+        q["ci"] = [float(ci[0]), float(ci[1])]
+    if note:
+        q["note"] = note
+    return q
+
+
+def _finite_or_none(x: float):
+    return x if math.isfinite(x) else None
+
+
+def _plain(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+@dataclass
+class Outcome:
+    """What an experiment's ``compute`` returns."""
+
+    results: dict[str, Any]            # name -> xarray.Dataset (stored as Zarr groups)
+    quantities: list[dict]
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # JSON-able, stored in the summary
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named, reproducible experiment (see the module docstring)."""
+
+    name: str
+    study: str
+    title: str
+    params: tuple[Param, ...]
+    presets: Mapping[str, Mapping[str, Any]]
+    compute: Callable[[dict, Context], Outcome]
+    figures: Callable[[dict, dict], dict]
+    validate: Callable[[dict], None] | None = None
+
+    @property
+    def param_map(self) -> dict[str, Param]:
+        return {p.name: p for p in self.params}
+
+    def resolve(self, preset: str = "quick", overrides: Mapping[str, Any] | None = None,
+                config_file: str | os.PathLike | None = None,
+                set_strings: Sequence[str] = ()) -> dict:
+        """Defaults ← preset ← TOML file ← overrides (Python values) ← ``--set`` strings."""
+        if preset not in PRESETS:
+            fail("preset", preset, "expected one of " + ", ".join(PRESETS))
+        params = self.param_map
+        cfg = {p.name: p.check(p.default) for p in self.params}
+
+        def apply(items: Mapping[str, Any], source: str, parse: bool = False):
+            for key, value in items.items():
+                if key not in params:
+                    fail(key, value, f"unknown parameter of {self.name} ({source}); valid keys: "
+                         + ", ".join(params))
+                cfg[key] = params[key].parse(value) if parse else params[key].check(value)
+
+        apply(self.presets.get(preset, {}), f"preset {preset}")
+        if config_file is not None:
+            path = Path(config_file)
+            try:
+                with open(path, "rb") as f:
+                    table = tomllib.load(f)
+            except FileNotFoundError:
+                fail("--config", str(path), "file not found")
+            except tomllib.TOMLDecodeError as e:
+                fail("--config", str(path), f"not valid TOML ({e})")
+            table = table.get(self.name, table)
+            apply(table, f"config file {path.name}")
+        apply(overrides or {}, "overrides")
+        parsed = {}
+        for item in set_strings:
+            if "=" not in item:
+                fail("--set", item, "expected KEY=VALUE")
+            key, _, value = item.partition("=")
+            parsed[key.strip()] = value
+        apply(parsed, "--set", parse=True)
+        if self.validate is not None:
+            self.validate(cfg)
+        return cfg
+
+
+@dataclass
+class Context:
+    """Run-time options an experiment's compute receives."""
+
+    seed: int = 0
+    progress: bool = True
+    preset: str = "quick"
+    checkpoint_dir: Path | None = None
+    devices: int | None = None
+    memory_budget: int | None = None
+    log: Callable[[str], None] = print
+
+
+REGISTRY: dict[str, Experiment] = {}
+
+
+def register(exp: Experiment) -> Experiment:
+    REGISTRY[exp.name] = exp
+    return exp
+
+
+def get(name: str) -> Experiment:
+    _load_all()
+    if name not in REGISTRY:
+        fail("experiment", name, "expected one of " + ", ".join(sorted(REGISTRY)))
+    return REGISTRY[name]
+
+
+def names() -> list[str]:
+    _load_all()
+    return list(REGISTRY)
+
+
+def _load_all():
+    from sgdlab.experiments import lzu  # noqa: F401
+    for mod in ("constant_target", "villani", "indicator", "du", "escape"):
+        try:
+            __import__(f"sgdlab.experiments.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"sgdlab.experiments.{mod}":
+                raise
+
+
+# --------------------------------------------------------------------------- running
+
+
+def summary_table(summary: dict) -> str:
+    """The measured-vs-predicted table printed by ``sgdlab run`` and ``sgdlab report``."""
+    rows = [("quantity", "coords", "measured", "± se", "predicted", "z", "verdict")]
+    for q in summary["quantities"]:
+        coords = " ".join(f"{k}={_fmt(v)}" for k, v in q["coords"].items())
+        verdict = {True: "pass", False: "FAIL", None: "-"}[q["pass"]]
+        rows.append((q["name"], coords, _fmt(q["value"]), _fmt(q["se"]), _fmt(q["predicted"]),
+                     "-" if q["z"] is None else f"{q['z']:+.2f}", verdict))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    n_fail = sum(q["pass"] is False for q in summary["quantities"])
+    n_pass = sum(q["pass"] is True for q in summary["quantities"])
+    lines.append(f"{n_pass} passed, {n_fail} failed"
+                 + (f" ({len(summary['quantities']) - n_pass - n_fail} without prediction)"
+                    if len(summary["quantities"]) > n_pass + n_fail else ""))
+    for note in summary.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.5g}"
+    if isinstance(v, list):
+        return "[" + ",".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = None, *,
+        config_file=None, set_strings: Sequence[str] = (), out: str | os.PathLike | None = None,
+        force: bool = False, seed: int = 0, progress: bool = True, devices: int | None = None,
+        memory_budget: int | None = None, log: Callable[[str], None] = print):
+    """Run an experiment; return ``(summary, results, figures)``.
+
+    With ``out`` the results are written there: ``results.zarr`` (one group per
+    dataset), ``summary.json`` and ``figures/*.png|pdf``, each appearing complete
+    or not at all; an existing finished run is refused unless ``force``.
+    """
+    import jax
+
+    from sgdlab import engine
+
+    exp = get(name)
+    cfg = exp.resolve(preset, overrides, config_file, set_strings)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        fail("seed", seed, "expected a non-negative integer")
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        _check_out(out_path, force)
+    ctx = Context(seed=seed, progress=progress, preset=preset, devices=devices,
+                  memory_budget=memory_budget, log=log)
+    t0 = time.perf_counter()
+    outcome = exp.compute(cfg, ctx)
+    summary = {
+        "experiment": name, "preset": preset, "config": cfg, "seed": seed,
+        "device": engine.device_description(), "versions": engine.versions(),
+        "x64": bool(jax.config.jax_enable_x64),
+        "runtime_s": time.perf_counter() - t0,
+        "quantities": outcome.quantities, "notes": outcome.notes, **outcome.extra,
+    }
+    figures = exp.figures(outcome.results, summary)
+    if out_path is not None:
+        write_outputs(out_path, outcome.results, summary, figures, force=force)
+    return summary, outcome.results, figures
+
+
+def exit_status(summary: dict) -> int:
+    """0 when every check passes, 1 when one fails."""
+    return 1 if any(q["pass"] is False for q in summary["quantities"]) else 0
+
+
+def _check_out(path: Path, force: bool):
+    if path.exists() and not path.is_dir():
+        fail("--out", str(path), "exists and is not a directory")
+    if (path / "summary.json").exists() and not force:
+        fail("--out", str(path), "holds a finished run; pass --force to recompute it, or choose "
+             "another --out")
+    if path.exists() and any(p.name in ("results.zarr", "figures") for p in path.iterdir()) \
+            and not (path / "summary.json").exists() and not force:
+        fail("--out", str(path), "holds partial outputs of another run; pass --force to replace")
+
+
+def _atomic_write_text(path: Path, text: str):
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _replace_dir(src: Path, dst: Path):
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def write_outputs(out: Path, results: dict, summary: dict, figures: dict, force: bool = False):
+    """Write results.zarr, figures/ and, last, summary.json (the completion marker)."""
+    from sgdlab.results import _fsync_tree
+
+    out.mkdir(parents=True, exist_ok=True)
+    if force and (out / "summary.json").exists():
+        (out / "summary.json").unlink()
+    tmp = Path(tempfile.mkdtemp(prefix=".sgdlab-write-", dir=out))
+    try:
+        store = tmp / "results.zarr"
+        for i, (group, ds) in enumerate(results.items()):
+            ds.to_zarr(store, group=group, mode="w" if i == 0 else "a", consolidated=False)
+        _fsync_tree(store)
+        figdir = tmp / "figures"
+        save_figures(figures, figdir)
+        _replace_dir(store, out / "results.zarr")
+        _replace_dir(figdir, out / "figures")
+        _atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_plain)
+                           + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_figures(figures: dict, figdir: Path):
+    figdir.mkdir(parents=True, exist_ok=True)
+    for fname, fig in figures.items():
+        fig.savefig(figdir / f"{fname}.png", dpi=120, bbox_inches="tight")
+        fig.savefig(figdir / f"{fname}.pdf", bbox_inches="tight")
+
+
+def load_run(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Read ``summary.json`` and every dataset of ``results.zarr`` from a finished run."""
+    import xarray as xr
+    import zarr
+
+    path = Path(path)
+    if not (path / "summary.json").exists():
+        fail("DIR", str(path), "holds no finished sgdlab run (no summary.json)")
+    summary = json.loads((path / "summary.json").read_text())
+    store = path / "results.zarr"
+    groups = sorted(zarr.open_group(str(store), mode="r").group_keys()) if store.exists() else []
+    results = {}
+    for g in groups:
+        ds = xr.open_zarr(store, group=g, consolidated=False).load()
+        fmt = ds.attrs.get("sgdlab_format")
+        from sgdlab.results import FORMAT
+        if fmt is not None and int(fmt) != FORMAT:
+            fail("DIR", str(path), f"results in format {fmt}; this sgdlab reads format {FORMAT}")
+        results[g] = ds
+    return summary, results
+
+
+def report(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Redraw the figures of a stored run (into DIR/figures) and return (summary, figures)."""
+    path = Path(path)
+    summary, results = load_run(path)
+    exp = get(summary["experiment"])
+    figures = exp.figures(results, summary)
+    tmp = Path(tempfile.mkdtemp(prefix=".sgdlab-report-", dir=path))
+    try:
+        save_figures(figures, tmp / "figures")
+        _replace_dir(tmp / "figures", path / "figures")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary, figures
