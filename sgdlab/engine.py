@@ -180,6 +180,11 @@ class Study:
       memory_budget: bytes a chunk may use (default: a quarter of the RAM, at
         most 4 GiB, on CPU; half of the free memory on an accelerator).
       keep_init: keep each member's initial parameters (needed by ``distance``).
+      block_seeds: seeds per statistics block (default ``min(32, seeds)``). Streamed
+        statistics are reduced on the device over blocks of this many seeds and the
+        blocks are merged on the host in seed order, so that statistics, like every
+        member's values, are bitwise independent of chunking and device count.
+        Chunks (and device shards) hold whole blocks.
 
     Raises:
       ValueError: at construction, naming the field, the value and what is allowed.
@@ -199,6 +204,7 @@ class Study:
     chunk_size: int | None = None
     memory_budget: int | None = None
     keep_init: bool = False
+    block_seeds: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.problem, Problem):
@@ -212,7 +218,7 @@ class Study:
         if isinstance(self.divergence_bound, bool) or not (
                 isinstance(self.divergence_bound, int | float) and self.divergence_bound > 0):
             fail("divergence_bound", self.divergence_bound, "expected a positive number (or inf)")
-        for name in ("segment_steps", "chunk_size", "memory_budget"):
+        for name in ("segment_steps", "chunk_size", "memory_budget", "block_seeds"):
             if getattr(self, name) is not None:
                 set_(name, positive_int(name, getattr(self, name)))
         set_("hparams", self._check_hparams(self.hparams))
@@ -299,6 +305,10 @@ class Study:
         return int(np.prod(self.grid_shape, dtype=np.int64))
 
     @property
+    def block(self) -> int:
+        return self.block_seeds or min(32, self.seeds)
+
+    @property
     def n_members(self) -> int:
         return self.n_grid * self.seeds
 
@@ -380,9 +390,9 @@ class MemberState(NamedTuple):
 class ObserveState(NamedTuple):
     ptr: jnp.ndarray            # int32 scalar: next record index
     values: dict                # name -> [S, G, R, ...] (members) or {}
-    count: jnp.ndarray          # [G, R] live members counted
-    mean: dict                  # name -> [G, R, ...]
-    m2: dict                    # name -> [G, R, ...]
+    count: jnp.ndarray          # [S/B, G, R] live members counted, per block of B seeds
+    mean: dict                  # name -> [S/B, G, R, ...]
+    m2: dict                    # name -> [S/B, G, R, ...]
 
 
 class StationaryState(NamedTuple):
@@ -445,6 +455,7 @@ class Plan:
     bytes_per_seed: int
     memory_budget: int
     devices: int = 1
+    block_seeds: int = 1
 
     @property
     def estimated_bytes(self) -> int:
@@ -455,8 +466,8 @@ class Plan:
                 f"{self.chunks} chunk(s) of {self.chunk_seeds} seeds "
                 f"({self.padded_seeds} padding); {self.segments} segment(s) of "
                 f"{self.segment_steps} steps; ~{self.estimated_bytes / 2**20:.1f} MiB per chunk "
-                f"(budget {self.memory_budget / 2**20:.0f} MiB); devices {self.devices}; "
-                f"1 compile")
+                f"(budget {self.memory_budget / 2**20:.0f} MiB); {self.devices} device(s), "
+                f"statistics in blocks of {self.block_seeds} seeds; 1 compile")
 
 
 class _Program:
@@ -557,21 +568,25 @@ class _Program:
 
     def _record(self, state: ObserveState, members, hp, data, valid, t):
         study = self.study
+        b = study.block
         mask = self._live(members, valid)
-        count = jnp.sum(mask, axis=0, dtype=jnp.int32)
+        mask_b = mask.reshape((-1, b) + mask.shape[1:])                   # [S/B, B, G]
+        count = jnp.sum(mask_b, axis=1, dtype=jnp.int32)                   # [S/B, G]
         values, means, m2s = dict(state.values), dict(state.mean), dict(state.m2)
         for name, fn in self.obs_fns.items():
             v = self._evaluate(fn, members, hp, data, t)
             if study.observe.members:
                 values[name] = values[name].at[:, :, state.ptr].set(v)
             if study.observe.stats:
-                m = mask.reshape(mask.shape + (1,) * (v.ndim - 2))
-                c = jnp.maximum(count, 1).reshape(count.shape + (1,) * (v.ndim - 2))
-                mean = jnp.sum(jnp.where(m, v, 0), axis=0) / c
-                m2 = jnp.sum(jnp.where(m, (v - mean) ** 2, 0), axis=0)
-                means[name] = means[name].at[:, state.ptr].set(mean)
-                m2s[name] = m2s[name].at[:, state.ptr].set(m2)
-        new_count = state.count.at[:, state.ptr].set(count) if study.observe.stats \
+                vb = v.reshape((-1, b) + v.shape[1:])
+                extra = (1,) * (v.ndim - 2)
+                m = mask_b.reshape(mask_b.shape + extra)
+                c = jnp.maximum(count, 1).reshape(count.shape + extra)
+                mean = jnp.sum(jnp.where(m, vb, 0), axis=1) / c
+                m2 = jnp.sum(jnp.where(m, (vb - mean[:, None]) ** 2, 0), axis=1)
+                means[name] = means[name].at[:, :, state.ptr].set(mean)
+                m2s[name] = m2s[name].at[:, :, state.ptr].set(m2)
+        new_count = state.count.at[:, :, state.ptr].set(count) if study.observe.stats \
             else state.count
         return ObserveState(state.ptr + 1, values, new_count, means, m2s)
 
@@ -608,15 +623,16 @@ class _Program:
         obs_state = None
         if study.observe is not None:
             r = len(self.record_steps)
+            nb = s // study.block
             values, means, m2s = {}, {}, {}
             for name, fn in self.obs_fns.items():
                 v = self._evaluate(fn, members, hp, data, t0)  # shape only; DCE'd
                 if study.observe.members:
                     values[name] = jnp.full((s, g, r) + v.shape[2:], jnp.nan, v.dtype)
                 if study.observe.stats:
-                    means[name] = jnp.full((g, r) + v.shape[2:], jnp.nan, v.dtype)
-                    m2s[name] = jnp.full((g, r) + v.shape[2:], jnp.nan, v.dtype)
-            obs_state = ObserveState(jnp.int32(0), values, jnp.zeros((g, r), jnp.int32),
+                    means[name] = jnp.full((nb, g, r) + v.shape[2:], jnp.nan, v.dtype)
+                    m2s[name] = jnp.full((nb, g, r) + v.shape[2:], jnp.nan, v.dtype)
+            obs_state = ObserveState(jnp.int32(0), values, jnp.zeros((nb, g, r), jnp.int32),
                                      means, m2s)
             if self.record_steps[0] == 0:
                 obs_state = self._record(obs_state, members, hp, data, valid, t0)
@@ -681,21 +697,46 @@ class _Program:
 _PROGRAMS: dict[tuple, _Program] = {}
 
 
-def _static_key(study: Study, chunk_seeds: int, segment_steps: int) -> tuple:
+def _static_key(study: Study, chunk_seeds: int, segment_steps: int, devices: int) -> tuple:
     return (study.problem, study.optimizer, study.observe, study.stationary,
             study.first_passage, study.steps, study.divergence_bound, study.keep_init,
-            tuple((k, v.shape) for k, v in study.hparams.items()), chunk_seeds, segment_steps,
-            str(jnp.zeros(()).dtype))
+            study.block, tuple((k, v.shape) for k, v in study.hparams.items()), chunk_seeds,
+            segment_steps, devices, str(jnp.zeros(()).dtype))
 
 
-def _program(study: Study, chunk_seeds: int, segment_steps: int) -> _Program:
-    key = _static_key(study, chunk_seeds, segment_steps)
+def _program(study: Study, chunk_seeds: int, segment_steps: int, devices: int = 1) -> _Program:
+    key = _static_key(study, chunk_seeds, segment_steps, devices)
     prog = _PROGRAMS.get(key)
     if prog is None:
         prog = _PROGRAMS[key] = _Program(study, chunk_seeds, segment_steps)
+        if devices > 1:
+            _shard(prog, devices)
     else:
         prog.study = study  # same static structure; hyperparameter values are arguments
     return prog
+
+
+def _shard(prog: _Program, devices: int):
+    """Shard the seed axis of a program over ``devices`` local devices (no collectives).
+
+    Each device runs the same vmapped program on its own whole blocks of seeds;
+    the statistics stay per block, so the results are bitwise those of one device.
+    """
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((devices,), ("seeds",), devices=jax.devices()[:devices])
+    seeds, rep = P("seeds"), P()
+    study = prog.study
+    obs_spec = (ObserveState(rep, seeds, seeds, seeds, seeds) if study.observe else None)
+    st_spec = StationaryState(seeds, rep) if study.stationary else None
+    data_spec = rep if prog.data_axis is None else seeds
+    carry_spec = Carry(seeds, obs_spec, st_spec, data_spec)
+    init, segment = prog._init, prog._segment
+    prog.init = jax.jit(jax.shard_map(init, mesh=mesh, in_specs=(rep, seeds, seeds, rep),
+                                      out_specs=carry_spec, check_vma=False))
+    prog.segment = jax.jit(jax.shard_map(
+        segment, mesh=mesh, in_specs=(carry_spec, rep, rep, seeds, seeds, rep),
+        out_specs=carry_spec, check_vma=False))
 
 
 def default_memory_budget() -> int:
@@ -718,49 +759,83 @@ def _tree_bytes(tree) -> int:
                    for x in jax.tree_util.tree_leaves(tree)))
 
 
-def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None = None) -> Plan:
-    """Lay a study out in chunks and segments, estimating the memory per seed.
+def _check_devices(devices: int | None) -> int:
+    n = len(jax.local_devices())
+    if devices is None:
+        return n
+    devices = positive_int("devices", devices)
+    if devices > n:
+        fail("devices", devices, f"this process sees {n} device(s)")
+    return devices
 
-    The estimate is the carried state of one seed (all its grid points: parameters,
-    optimizer state, recorder buffers) times 3 (old and new carry, gradients) plus
-    the step's batch and activations (forward and backward) for every grid point.
+
+def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None = None,
+         devices: int | None = None) -> Plan:
+    """Lay a study out in chunks, device shards and segments; estimate the memory.
+
+    The memory per seed is the carried state of one seed (all its grid points:
+    parameters, optimizer state, recorder buffers, data) times 3 (old and new
+    carry, gradients) plus 4 copies of the step's batch per grid point
+    (activations forward and backward). A chunk holds whole blocks of
+    ``study.block`` seeds on each device; the last chunk is padded.
     """
+    devices = _check_devices(devices)
     segment = study.segment_steps or max(1, -(-study.steps // 20))
     segment = min(segment, study.steps)
-    probe = _Program(study, 1, segment)
+    b = study.block
+    probe = _Program(study, b, segment)
     hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
-    carry = jax.eval_shape(probe._init, hp, jnp.zeros(1, jnp.int32), jnp.ones(1, bool),
+    carry = jax.eval_shape(probe._init, hp, jnp.zeros(b, jnp.int32), jnp.ones(b, bool),
                            jnp.uint32(study.seed))
-    per_seed = 3 * _tree_bytes(carry.members) + _tree_bytes(carry.observe) + \
-        _tree_bytes(carry.stationary)
-    per_seed += _tree_bytes(carry.data)  # shared data is broadcast per seed (see _per_seed_data)
-    data_one = carry.data if study.problem.data.shared else jax.tree_util.tree_map(
+    per_seed = (3 * _tree_bytes(carry.members) + _tree_bytes(carry.observe)
+                + _tree_bytes(carry.stationary)) / b
+    shared = study.problem.data.shared
+    per_seed += _tree_bytes(carry.data) / (1 if shared else b)  # shared data broadcast per seed
+    data_one = carry.data if shared else jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), carry.data)
     batch = jax.eval_shape(lambda d: study.problem.data.batch(d, jax.random.key(0), jnp.int32(1)),
                            data_one)
     per_seed += 4 * _tree_bytes(batch) * study.n_grid
+    per_seed = int(per_seed)
     budget = memory_budget or study.memory_budget or default_memory_budget()
+    unit = b * devices  # a chunk is whole blocks on every device
     chunk = chunk_size or study.chunk_size
     if chunk is None:
-        chunk = max(1, min(study.seeds, budget // max(per_seed, 1)))
-    chunk = min(positive_int("chunk_size", chunk), study.seeds)
-    n_chunks = -(-study.seeds // chunk)
-    chunk = -(-study.seeds // n_chunks)  # balance the chunks
+        chunk = max(1, min(study.seeds, devices * budget // max(per_seed, 1)))
+    chunk = positive_int("chunk_size", chunk)
+    n_units = -(-study.seeds // unit)
+    per_chunk = min(max(1, chunk // unit), n_units)
+    n_chunks = -(-n_units // per_chunk)
+    per_chunk = -(-n_units // n_chunks)  # balance the chunks
+    chunk = per_chunk * unit
     return Plan(members=study.n_members, grid_points=study.n_grid, seeds=study.seeds,
                 chunk_seeds=chunk, chunks=n_chunks, padded_seeds=chunk * n_chunks - study.seeds,
                 segment_steps=segment, segments=-(-study.steps // segment),
-                bytes_per_seed=int(per_seed), memory_budget=int(budget))
+                bytes_per_seed=per_seed, memory_budget=int(budget), devices=devices,
+                block_seeds=b)
 
 
 # --------------------------------------------------------------------------- running
 
 
+class Interrupted(Exception):
+    """A run stopped at a segment boundary on request (SIGINT/SIGTERM); resumable."""
+
+
+_STOP = {"requested": False}
+
+
+def request_stop(*_):
+    """Ask running studies to stop at the next segment boundary (a signal handler)."""
+    _STOP["requested"] = True
+
+
 class Progress:
     """A one-line progress bar on stderr, shown once a run has taken > 2 s."""
 
-    def __init__(self, total: int, enabled: bool = True, label: str = "sgdlab"):
+    def __init__(self, total: int, enabled: bool = True, label: str = "sgdlab", done: int = 0):
         self.total, self.enabled, self.label = total, enabled, label
-        self.start, self.done, self.shown = time.perf_counter(), 0, False
+        self.start, self.done, self.shown = time.perf_counter(), done, False
 
     def tick(self, n: int = 1, note: str = ""):
         self.done += n
@@ -770,9 +845,8 @@ class Progress:
         self.shown = True
         frac = self.done / max(self.total, 1)
         bar = "#" * int(30 * frac)
-        eta = elapsed / frac - elapsed if frac > 0 else float("nan")
         sys.stderr.write(f"\r[{self.label}] [{bar:<30}] {100 * frac:5.1f}% {elapsed:6.1f}s "
-                         f"eta {eta:6.1f}s {note}  ")
+                         f"{note}  ")
         sys.stderr.flush()
 
     def close(self):
@@ -799,42 +873,187 @@ def _merge_stats(acc, new):
     return n, mean, m2
 
 
+def _flatten(tree, prefix="") -> dict[str, np.ndarray]:
+    """Nested dicts of arrays -> {"a/b/c": array} (for npz checkpoints, no pickle)."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = np.asarray(v)
+    return out
+
+
+def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+    out: dict = {}
+    for path, v in flat.items():
+        node = out
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return out
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    diff = []
+    for k in keys:
+        va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diff += _config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            diff.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return diff
+
+
+class Checkpoint:
+    """Atomic checkpoints of a run in one ``.npz`` file (no pickle).
+
+    Holds the configuration (JSON) and its hash, the layout (chunk and segment
+    sizes), the host results of finished chunks and the carried state of the
+    current chunk (members, optimizer and recorder states) at a segment boundary.
+    """
+
+    def __init__(self, path, every_seconds: float = 60.0, every_steps: int | None = None):
+        self.path = os.fspath(path)
+        self.every_seconds, self.every_steps = every_seconds, every_steps
+        self.last_time, self.last_step = time.perf_counter(), 0
+        self.writes = 0
+
+    def due(self, global_step: int) -> bool:
+        if self.every_steps is not None and global_step - self.last_step >= self.every_steps:
+            return True
+        return time.perf_counter() - self.last_time >= self.every_seconds
+
+    def write(self, meta: dict, done: dict, carry, global_step: int):
+        arrays = {f"done/{k}": v for k, v in _flatten(done).items()}
+        if carry is not None:
+            for i, leaf in enumerate(jax.tree_util.tree_leaves(jax.device_get(carry))):
+                arrays[f"carry/{i}"] = np.asarray(leaf)
+        arrays["meta"] = np.asarray(json.dumps(meta, sort_keys=True))
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self.last_time, self.last_step = time.perf_counter(), global_step
+        self.writes += 1
+
+    def read(self) -> tuple[dict, dict, list[np.ndarray]] | None:
+        if not os.path.exists(self.path):
+            return None
+        with np.load(self.path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            done = _unflatten({k[5:]: z[k] for k in z.files if k.startswith("done/")})
+            n = sum(k.startswith("carry/") for k in z.files)
+            leaves = [z[f"carry/{i}"] for i in range(n)]
+        return meta, done, leaves
+
+
 def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
-        memory_budget: int | None = None):
+        memory_budget: int | None = None, devices: int | None = None,
+        checkpoint: str | os.PathLike | Checkpoint | None = None):
     """Run every member of a study and return the labeled results (``xarray.Dataset``).
 
-    See :func:`sgdlab.results.to_dataset` for the layout.
+    Args:
+      study: the study.
+      progress: show a progress bar (advanced per segment) for runs longer than 2 s.
+      chunk_size, memory_budget: override the layout (see :func:`plan`).
+      devices: number of local devices to shard the seeds over (default: all).
+      checkpoint: a path (or :class:`Checkpoint`) to write checkpoints to at segment
+        boundaries; if it holds a checkpoint of the same configuration the run
+        resumes from it (bitwise identically), of another configuration it is
+        refused naming the differing keys.
+
+    Raises:
+      Interrupted: :func:`request_stop` was called (e.g. by a signal handler); a
+        checkpoint was written first when one was given.
+
+    See :mod:`sgdlab.results` for the layout of the returned Dataset.
     """
     from sgdlab import results
 
-    p = plan(study, chunk_size, memory_budget)
-    prog = _program(study, p.chunk_seeds, p.segment_steps)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint | None) else Checkpoint(checkpoint)
+    config = study.describe()
+    state = ckpt.read() if ckpt is not None else None
+    if state is not None:
+        meta = state[0]
+        diff = _config_diff(meta["config"], config)
+        if diff:
+            fail("checkpoint", ckpt.path, "it belongs to a different configuration ("
+                 + "; ".join(diff) + "); use another output or --force")
+        chunk_size, devices = meta["chunk_seeds"], min(meta["devices"], len(jax.local_devices()))
+        if meta["chunk_seeds"] % (study.block * devices):
+            devices = 1
+    p = plan(study, chunk_size, memory_budget, devices)
+    prog = _program(study, p.chunk_seeds, p.segment_steps, p.devices)
     hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
     base_seed = jnp.uint32(study.seed)
-    bar = Progress(p.chunks * p.segments, enabled=progress)
+    chunks: list[dict] = []
+    start_chunk, start_seg, carry0 = 0, 0, None
+    if state is not None:
+        meta, done, leaves = state
+        chunks = [done[str(i)] for i in range(meta["chunk"])]
+        start_chunk, start_seg = meta["chunk"], meta["segment"]
+        if leaves:
+            template = jax.eval_shape(
+                prog.init, hp, jnp.zeros(p.chunk_seeds, jnp.int32), jnp.ones(p.chunk_seeds, bool),
+                base_seed)
+            carry0 = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
+                                                  [jnp.asarray(x) for x in leaves])
+    total = p.chunks * p.segments
+    bar = Progress(total, enabled=progress, done=start_chunk * p.segments + start_seg)
     t_start = time.perf_counter()
-    chunks = []
-    for c in range(p.chunks):
+
+    def save(c, seg, carry):
+        meta = {"config": config, "chunk_seeds": p.chunk_seeds, "devices": p.devices,
+                "segment_steps": p.segment_steps, "chunk": c, "segment": seg,
+                "format": results.FORMAT}
+        ckpt.write(meta, {str(i): ch for i, ch in enumerate(chunks)}, carry,
+                   c * study.steps + seg * p.segment_steps)
+
+    for c in range(start_chunk, p.chunks):
         idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
         valid = idx < study.seeds
-        seed_index = jnp.asarray(idx, jnp.int32)
-        valid_j = jnp.asarray(valid)
-        carry = prog.init(hp, seed_index, valid_j, base_seed)
-        for s in range(p.segments):
-            carry = prog.segment(carry, jnp.int32(s * p.segment_steps), hp, seed_index,
+        seed_index, valid_j = jnp.asarray(idx, jnp.int32), jnp.asarray(valid)
+        if carry0 is not None and c == start_chunk:
+            carry, first = carry0, start_seg
+        else:
+            carry, first = prog.init(hp, seed_index, valid_j, base_seed), 0
+        for seg in range(first, p.segments):
+            carry = prog.segment(carry, jnp.int32(seg * p.segment_steps), hp, seed_index,
                                  valid_j, base_seed)
             jax.block_until_ready(carry.members.diverged_step)
             bar.tick(1, f"chunk {c + 1}/{p.chunks}")
+            last = seg + 1 == p.segments
+            if _STOP["requested"]:
+                bar.close()
+                if ckpt is not None:
+                    if last:
+                        chunks.append(_collect(prog, carry, valid))
+                        save(c + 1, 0, None)
+                    else:
+                        save(c, seg + 1, carry)
+                raise Interrupted(f"stopped after segment {seg + 1}/{p.segments} of chunk "
+                                  f"{c + 1}/{p.chunks}")
+            if ckpt is not None and not last and ckpt.due(c * study.steps + (seg + 1)
+                                                          * p.segment_steps):
+                save(c, seg + 1, carry)
         chunks.append(_collect(prog, carry, valid))
+        if ckpt is not None and c + 1 < p.chunks and ckpt.due((c + 1) * study.steps):
+            save(c + 1, 0, None)
     bar.close()
     out = _merge_chunks(prog, chunks)
     return results.to_dataset(study, prog, out, p, runtime_s=time.perf_counter() - t_start)
 
 
 def _collect(prog: _Program, carry: Carry, valid: np.ndarray) -> dict:
-    """Bring one chunk's results to the host (float64), dropping padded seeds."""
+    """One chunk's results on the host (nested dicts of arrays), padded seeds dropped."""
     study = prog.study
     m = carry.members
+    n_valid = int(valid.sum())
     out: dict[str, Any] = {
         "diverged_step": np.asarray(m.diverged_step)[valid],
         "event_step": np.asarray(m.event_step)[valid],
@@ -842,60 +1061,59 @@ def _collect(prog: _Program, carry: Carry, valid: np.ndarray) -> dict:
     if carry.observe is not None:
         o = carry.observe
         out["values"] = {k: np.asarray(v)[valid] for k, v in o.values.items()}
-        count = np.asarray(o.count).astype(np.int64)
-        out["stats"] = {k: (count, np.asarray(o.mean[k], np.float64),
-                            np.asarray(o.m2[k], np.float64)) for k in o.mean}
+        blocks = -(-n_valid // study.block)  # blocks holding at least one valid seed
+        out["stats"] = {k: {"count": np.asarray(o.count)[:blocks].astype(np.int64),
+                            "mean": np.asarray(o.mean[k], np.float64)[:blocks],
+                            "m2": np.asarray(o.m2[k], np.float64)[:blocks]} for k in o.mean}
     if carry.stationary is not None:
         st = carry.stationary
         counts = np.asarray(st.counts).astype(np.float64)
-        alive = out["diverged_step"] < 0
         out["stationary"] = {}
         for k, sums in st.sums.items():
             sums = np.asarray(sums, np.float64)[valid]                     # [S, G, B, ...]
-            shape = (1, 1, -1) + (1,) * (sums.ndim - 3)
-            bm = sums / counts.reshape(shape)
-            bm = np.where(alive.reshape(alive.shape + (1,) * (bm.ndim - 2)), bm, np.nan)
-            tavg = np.sum(sums, axis=2) / counts.sum()
-            live = alive.reshape(alive.shape + (1,) * (tavg.ndim - 2))
-            tavg = np.where(live, tavg, np.nan)
-            n = np.sum(alive, axis=0).astype(np.int64)
-            mean = np.sum(np.where(live, tavg, 0.0), axis=0) / np.maximum(_bc(n, tavg[0]), 1)
-            m2 = np.sum(np.where(live, (tavg - mean) ** 2, 0.0), axis=0)
-            mean = np.where(_bc(n, mean) > 0, mean, np.nan)
-            out["stationary"][k] = {"batch_means": bm if study.stationary.members else None,
-                                    "stats": (n, mean, m2)}
+            d = {"time_average": np.sum(sums, axis=2) / counts.sum()}
+            if study.stationary.members:
+                d["batch_means"] = sums / counts.reshape((1, 1, -1) + (1,) * (sums.ndim - 3))
+            out["stationary"][k] = d
     return out
 
 
-def _bc(n, like):
-    return n.reshape(n.shape + (1,) * (np.ndim(like) - n.ndim))
-
-
 def _merge_chunks(prog: _Program, chunks: list[dict]) -> dict:
-    out: dict[str, Any] = {
-        "diverged_step": np.concatenate([c["diverged_step"] for c in chunks]),
-        "event_step": np.concatenate([c["event_step"] for c in chunks]),
-    }
+    """Concatenate members over chunks; merge block statistics in seed order."""
+    def cat(get):
+        return np.concatenate([get(c) for c in chunks])
+
+    out: dict[str, Any] = {"diverged_step": cat(lambda c: c["diverged_step"]),
+                           "event_step": cat(lambda c: c["event_step"])}
+    alive = out["diverged_step"] < 0
     if "values" in chunks[0]:
-        out["values"] = {k: np.concatenate([c["values"][k] for c in chunks])
-                         for k in chunks[0]["values"]}
-        stats = {}
+        out["values"] = {k: cat(lambda c, k=k: c["values"][k]) for k in chunks[0]["values"]}
+        out["stats"] = {}
         for k in chunks[0]["stats"]:
+            count = cat(lambda c, k=k: c["stats"][k]["count"])
+            mean = cat(lambda c, k=k: c["stats"][k]["mean"])
+            m2 = cat(lambda c, k=k: c["stats"][k]["m2"])
             acc = None
-            for c in chunks:
-                acc = _merge_stats(acc, c["stats"][k])
-            stats[k] = acc
-        out["stats"] = stats
+            for i in range(count.shape[0]):
+                acc = _merge_stats(acc, (count[i], mean[i], m2[i]))
+            out["stats"][k] = acc
     if "stationary" in chunks[0]:
         out["stationary"] = {}
         for k in chunks[0]["stationary"]:
-            acc = None
-            for c in chunks:
-                acc = _merge_stats(acc, c["stationary"][k]["stats"])
-            bms = [c["stationary"][k]["batch_means"] for c in chunks]
-            out["stationary"][k] = {
-                "batch_means": None if bms[0] is None else np.concatenate(bms),
-                "stats": acc}
+            tavg = cat(lambda c, k=k: c["stationary"][k]["time_average"])   # [S, G, ...]
+            live = alive.reshape(alive.shape + (1,) * (tavg.ndim - 2))
+            n = np.sum(alive, axis=0).astype(np.int64)
+            nb = n.reshape(n.shape + (1,) * (tavg.ndim - 2))
+            mean = np.sum(np.where(live, tavg, 0.0), axis=0) / np.maximum(nb, 1)
+            m2 = np.sum(np.where(live, (tavg - mean) ** 2, 0.0), axis=0)
+            mean = np.where(nb > 0, mean, np.nan)
+            d = {"stats": (n, mean, m2)}
+            if "batch_means" in chunks[0]["stationary"][k]:
+                bm = cat(lambda c, k=k: c["stationary"][k]["batch_means"])
+                d["batch_means"] = np.where(live[:, :, None], bm, np.nan)
+            else:
+                d["batch_means"] = None
+            out["stationary"][k] = d
     return out
 
 
@@ -924,4 +1142,4 @@ def config_json(study: Study) -> str:
 
 
 __all__ = ["Study", "Observe", "Stationary", "FirstPassage", "Plan", "MemberState", "run",
-           "plan", "TRACE_COUNT", "shared_key"]
+           "plan", "TRACE_COUNT", "shared_key", "Checkpoint", "Interrupted", "request_stop"]

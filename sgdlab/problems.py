@@ -14,6 +14,25 @@ A :class:`Problem` bundles
   (predicates for the first-passage recorder).
 
 Problems compare by identity: reuse one object to reuse its compiled program.
+
+Factories (the study of the science notes each serves in brackets):
+
+* :func:`noisy_quadratic`, :func:`linear_regression`, :func:`finite_quadratic`,
+  :func:`potential_1d` and the helper :func:`newton_preconditioner` [5];
+* :func:`constant_target` (deep ReLU nets on a constant, exact 1-D risk, the
+  dead network) [1] and the general :func:`mlp_regression`;
+* :func:`regularized_two_layer` (noisy SGD towards a Gibbs law) [2];
+* :func:`indicator_target` (the ramp model and a deep ReLU net on a ball
+  indicator) [3];
+* :func:`du_two_layer` (over-parameterized two-layer ReLU, lazy training) [4].
+
+Conventions are explicit parameters, each documented where it is taken:
+``reduction`` (loss scaling, :mod:`sgdlab.losses`), ``mode`` (minibatches with
+or without replacement, or full batch, :mod:`sgdlab.data`; online sources draw
+fresh samples), the ReLU with ReLU'(0) = 0 (:func:`sgdlab.models.relu`), and the
+heavy-ball form of momentum (:mod:`sgdlab.optim`). Fixed data sets drawn from a
+``data_seed`` at construction are the same for every study seed; ``data.init``
+returns them whatever key it is given.
 """
 
 from __future__ import annotations
@@ -26,8 +45,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import math
+
 from sgdlab import data as data_lib
-from sgdlab import losses, models
+from sgdlab import losses, models, theory
 from sgdlab._validate import choice, fail, finite_float, positive_int
 
 

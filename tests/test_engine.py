@@ -60,9 +60,9 @@ def test_vmapped_member_equals_plain_optax_loop(x64, rtol):
 
 
 def test_members_bitwise_invariant_to_ensemble_size_and_chunking():
-    small = sl.run(mlp_study(seeds=16, chunk_size=7), progress=False)
+    small = sl.run(mlp_study(seeds=16, chunk_size=7, block_seeds=1), progress=False)
     big = sl.run(mlp_study(seeds=64, chunk_size=64), progress=False)
-    other = sl.run(mlp_study(seeds=64, chunk_size=7), progress=False)
+    other = sl.run(mlp_study(seeds=64, chunk_size=7, block_seeds=1), progress=False)
     a = small["theta"].values
     b = big["theta"].isel(seed=slice(0, 16)).values
     c = other["theta"].values
@@ -70,6 +70,15 @@ def test_members_bitwise_invariant_to_ensemble_size_and_chunking():
     assert np.array_equal(big["theta"].values, c)
     # a different seed index really is a different member
     assert not np.array_equal(b[:, 0], b[:, 1])
+
+
+def test_statistics_bitwise_invariant_to_chunking():
+    """Streamed statistics are reduced per block of seeds and merged in seed order."""
+    runs = [sl.run(mlp_study(seeds=40, chunk_size=c, block_seeds=4), progress=False)
+            for c in (7, 64)]
+    assert runs[0].attrs["plan"] != runs[1].attrs["plan"]
+    for v in ("loss_mean", "loss_var", "loss_n", "theta_mean"):
+        assert np.array_equal(runs[0][v].values, runs[1][v].values, equal_nan=True), v
 
 
 def test_common_random_numbers_same_init_across_grid():
@@ -220,11 +229,12 @@ def test_results_roundtrip_through_zarr_and_refuse_overwrite(tmp_path):
 
 
 def test_plan_chunks_from_budget():
-    study = quadratic_study([0.5, 1.0], seeds=1000, steps=100, burn_in=10)
+    study = quadratic_study([0.5, 1.0], seeds=1000, steps=100, burn_in=10, block_seeds=8)
     p = sl.plan(study, memory_budget=200 * sl.plan(study).bytes_per_seed)
     assert p.chunks == 5 and p.chunk_seeds == 200 and p.padded_seeds == 0
+    # 300 seeds -> 37 whole blocks of 8; 125 blocks in 4 balanced chunks of 32 blocks
     p = sl.plan(study, chunk_size=300)
-    assert p.chunks == 4 and p.chunk_seeds == 250
+    assert p.chunks == 4 and p.chunk_seeds == 256 and p.padded_seeds == 24
 
 
 @pytest.mark.parametrize("kwargs,field", [
