@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 
@@ -36,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--x64", action="store_true", help="run in float64 (validation)")
     r.add_argument("--memory", type=float, metavar="GiB", help="memory budget per chunk")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--devices", type=int, metavar="N", help="local devices to shard over")
+    r.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                   help="checkpoint interval (default 60 s)")
+    r.add_argument("--checkpoint-steps", type=int, metavar="STEPS",
+                   help="also checkpoint every STEPS steps")
     r.add_argument("--params", action="store_true", help="list the parameters and exit")
     rep = sub.add_parser("report", help="redraw figures and reprint the table of a stored run")
     rep.add_argument("dir")
@@ -63,8 +69,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def argv_for_resume(args, out: str) -> list[str]:
+    """The command line that resumes an interrupted run (same configuration)."""
+    cmd = ["run", args.name, "--preset", args.preset, "--out", out, "--seed", str(args.seed)]
+    for s in args.sets:
+        cmd += ["--set", s]
+    if args.config:
+        cmd += ["--config", args.config]
+    if args.x64:
+        cmd.append("--x64")
+    return cmd
+
+
 def _dispatch(args) -> int:
     from sgdlab import experiments
+    from sgdlab.engine import Interrupted
 
     if args.command == "list":
         for name in experiments.names():
@@ -90,11 +109,25 @@ def _dispatch(args) -> int:
     if args.x64:
         import jax
         jax.config.update("jax_enable_x64", True)
+    if not args.checkpoint_every > 0:
+        raise ValueError(f"--checkpoint-every={args.checkpoint_every} is invalid: expected a "
+                         "positive number of seconds")
+    if args.checkpoint_steps is not None and args.checkpoint_steps < 1:
+        raise ValueError(f"--checkpoint-steps={args.checkpoint_steps} is invalid: expected a "
+                         "positive integer")
     out = args.out or os.path.join("runs", args.name)
-    summary, _, figures = experiments.run(
-        args.name, args.preset, config_file=args.config, set_strings=args.sets, out=out,
-        force=args.force, seed=args.seed, progress=not args.quiet,
-        memory_budget=None if args.memory is None else int(args.memory * 2**30))
+    try:
+        summary, _, figures = experiments.run(
+            args.name, args.preset, config_file=args.config, set_strings=args.sets, out=out,
+            force=args.force, seed=args.seed, progress=not args.quiet, devices=args.devices,
+            memory_budget=None if args.memory is None else int(args.memory * 2**30),
+            checkpoint_seconds=args.checkpoint_every, checkpoint_steps=args.checkpoint_steps,
+            log=lambda m: print(m, file=sys.stderr))
+    except Interrupted as e:
+        resume = " ".join(shlex.quote(a) for a in ["sgdlab", *argv_for_resume(args, out)])
+        print(f"sgdlab: interrupted ({e}); checkpoint written to {out}/.sgdlab-state\n"
+              f"resume with: {resume}", file=sys.stderr)
+        return 130
     print(experiments.summary_table(summary))
     print(f"wrote {out}/results.zarr, {out}/summary.json, {out}/figures/ "
           f"({len(figures)} figure(s)) in {summary['runtime_s']:.1f} s")

@@ -731,12 +731,27 @@ def _shard(prog: _Program, devices: int):
     st_spec = StationaryState(seeds, rep) if study.stationary else None
     data_spec = rep if prog.data_axis is None else seeds
     carry_spec = Carry(seeds, obs_spec, st_spec, data_spec)
-    init, segment = prog._init, prog._segment
-    prog.init = jax.jit(jax.shard_map(init, mesh=mesh, in_specs=(rep, seeds, seeds, rep),
-                                      out_specs=carry_spec, check_vma=False))
-    prog.segment = jax.jit(jax.shard_map(
-        segment, mesh=mesh, in_specs=(carry_spec, rep, rep, seeds, seeds, rep),
+    init = jax.jit(jax.shard_map(prog._init, mesh=mesh, in_specs=(rep, seeds, seeds, rep),
+                                 out_specs=carry_spec, check_vma=False))
+    segment = jax.jit(jax.shard_map(
+        prog._segment, mesh=mesh, in_specs=(carry_spec, rep, rep, seeds, seeds, rep),
         out_specs=carry_spec, check_vma=False))
+
+    def put(tree, spec):
+        sharding = jax.tree_util.tree_map(lambda p: jax.sharding.NamedSharding(mesh, p), spec,
+                                          is_leaf=lambda x: isinstance(x, P))
+        return jax.device_put(tree, sharding)
+
+    def sharded_init(hp, seed_index, valid, base_seed):
+        return init(put(hp, rep), put(seed_index, seeds), put(valid, seeds), put(base_seed, rep))
+
+    def sharded_segment(carry, t0, hp, seed_index, valid, base_seed):
+        return segment(put(carry, carry_spec), put(t0, rep), put(hp, rep), put(seed_index, seeds),
+                       put(valid, seeds), put(base_seed, rep))
+
+    sharded_init.lower = lambda *a: init.lower(*a)  # for memory analysis / dry runs
+    sharded_segment.lower = lambda *a: segment.lower(*a)
+    prog.init, prog.segment = sharded_init, sharded_segment
 
 
 def default_memory_budget() -> int:
@@ -804,7 +819,7 @@ def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None 
         chunk = max(1, min(study.seeds, devices * budget // max(per_seed, 1)))
     chunk = positive_int("chunk_size", chunk)
     n_units = -(-study.seeds // unit)
-    per_chunk = min(max(1, chunk // unit), n_units)
+    per_chunk = n_units if chunk >= study.seeds else min(max(1, chunk // unit), n_units)
     n_chunks = -(-n_units // per_chunk)
     per_chunk = -(-n_units // n_chunks)  # balance the chunks
     chunk = per_chunk * unit

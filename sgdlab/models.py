@@ -96,7 +96,7 @@ def mlp_apply(params, x: jnp.ndarray, activation: str = "relu") -> jnp.ndarray:
 
 def hidden_preactivation(params, x: jnp.ndarray, layer: int,
                          activation: str = "relu") -> jnp.ndarray:
-    """Pre-activations of hidden layer ``layer`` (0-based) for a batch ``x`` of shape ``(S, d_in)``."""
+    """Pre-activations of hidden layer ``layer`` (0-based) for a batch ``x`` of shape (S, d_in)."""
     act = get_activation(activation)
     h = x
     for i, (w, b) in enumerate(params[: layer + 1]):

@@ -235,15 +235,49 @@ class Experiment:
 
 @dataclass
 class Context:
-    """Run-time options an experiment's compute receives."""
+    """Run-time options an experiment's compute receives.
+
+    Experiments run their studies through :meth:`run_study`, which checkpoints
+    them under ``checkpoint_dir`` (when the run has an output directory) and
+    reuses the results of studies an interrupted run already finished.
+    """
 
     seed: int = 0
     progress: bool = True
     preset: str = "quick"
     checkpoint_dir: Path | None = None
+    checkpoint_seconds: float = 60.0
+    checkpoint_steps: int | None = None
     devices: int | None = None
     memory_budget: int | None = None
     log: Callable[[str], None] = print
+
+    def run_study(self, study, name: str = "main"):
+        """Run (or resume, or reload) one study of this experiment."""
+        from sgdlab import engine, results
+
+        if self.checkpoint_dir is None:
+            return engine.run(study, progress=self.progress, devices=self.devices,
+                              memory_budget=self.memory_budget)
+        done = self.checkpoint_dir / f"{name}.done.zarr"
+        if done.exists():
+            ds = results.load(done)
+            diff = engine._config_diff(json.loads(ds.attrs["sgdlab_config"]), study.describe())
+            if not diff:
+                self.log(f"[sgdlab] {name}: reusing the finished study from the interrupted run")
+                return ds
+            shutil.rmtree(done)
+        ckpt = engine.Checkpoint(self.checkpoint_dir / f"{name}.ckpt.npz",
+                                 every_seconds=self.checkpoint_seconds,
+                                 every_steps=self.checkpoint_steps)
+        if os.path.exists(ckpt.path):
+            self.log(f"[sgdlab] {name}: resuming from its checkpoint")
+        ds = engine.run(study, progress=self.progress, devices=self.devices,
+                        memory_budget=self.memory_budget, checkpoint=ckpt)
+        results.save(ds, done, overwrite=True)
+        if os.path.exists(ckpt.path):
+            os.unlink(ckpt.path)
+        return ds
 
 
 REGISTRY: dict[str, Experiment] = {}
@@ -310,16 +344,28 @@ def _fmt(v) -> str:
     return str(v)
 
 
+STATE = ".sgdlab-state"
+"""Subdirectory of an output directory holding an unfinished run's checkpoints."""
+
+
 def run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = None, *,
         config_file=None, set_strings: Sequence[str] = (), out: str | os.PathLike | None = None,
         force: bool = False, seed: int = 0, progress: bool = True, devices: int | None = None,
-        memory_budget: int | None = None, log: Callable[[str], None] = print):
+        memory_budget: int | None = None, checkpoint_seconds: float = 60.0,
+        checkpoint_steps: int | None = None, log: Callable[[str], None] = print):
     """Run an experiment; return ``(summary, results, figures)``.
 
     With ``out`` the results are written there: ``results.zarr`` (one group per
     dataset), ``summary.json`` and ``figures/*.png|pdf``, each appearing complete
-    or not at all; an existing finished run is refused unless ``force``.
+    or not at all. While running, checkpoints go to ``out/.sgdlab-state/``; an
+    unfinished run in ``out`` with the same configuration is resumed (bitwise
+    identically), one with another configuration is refused naming the differing
+    keys; a finished run is returned as stored unless ``force``. SIGINT/SIGTERM
+    stop the run at the next segment boundary after writing a checkpoint
+    (:class:`sgdlab.engine.Interrupted` is raised).
     """
+    import signal
+
     import jax
 
     from sgdlab import engine
@@ -328,40 +374,85 @@ def run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = 
     cfg = exp.resolve(preset, overrides, config_file, set_strings)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         fail("seed", seed, "expected a non-negative integer")
+    identity = {"experiment": name, "preset": preset, "config": cfg, "seed": seed,
+                "x64": bool(jax.config.jax_enable_x64)}
     out_path = Path(out) if out is not None else None
-    if out_path is not None:
-        _check_out(out_path, force)
     ctx = Context(seed=seed, progress=progress, preset=preset, devices=devices,
-                  memory_budget=memory_budget, log=log)
+                  memory_budget=memory_budget, checkpoint_seconds=checkpoint_seconds,
+                  checkpoint_steps=checkpoint_steps, log=log)
+    if out_path is not None:
+        finished = _prepare_out(out_path, identity, force, log)
+        if finished is not None:
+            return finished
+        ctx.checkpoint_dir = out_path / STATE
     t0 = time.perf_counter()
-    outcome = exp.compute(cfg, ctx)
+    handlers = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, engine.request_stop)
+    except ValueError:  # not the main thread: no signal handling
+        pass
+    engine._STOP["requested"] = False
+    try:
+        outcome = exp.compute(cfg, ctx)
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+        engine._STOP["requested"] = False
     summary = {
         "experiment": name, "preset": preset, "config": cfg, "seed": seed,
         "device": engine.device_description(), "versions": engine.versions(),
-        "x64": bool(jax.config.jax_enable_x64),
-        "runtime_s": time.perf_counter() - t0,
+        "x64": identity["x64"], "runtime_s": time.perf_counter() - t0,
         "quantities": outcome.quantities, "notes": outcome.notes, **outcome.extra,
     }
     figures = exp.figures(outcome.results, summary)
     if out_path is not None:
         write_outputs(out_path, outcome.results, summary, figures, force=force)
+        shutil.rmtree(out_path / STATE, ignore_errors=True)
     return summary, outcome.results, figures
+
+
+def _prepare_out(path: Path, identity: dict, force: bool, log):
+    """Check an output directory; return a finished run's outputs if it is to be reused."""
+    if path.exists() and not path.is_dir():
+        fail("--out", str(path), "exists and is not a directory")
+    state = path / STATE
+    if force:
+        shutil.rmtree(state, ignore_errors=True)
+    if (path / "summary.json").exists() and not force:
+        summary, results = load_run(path)
+        stored = {k: summary.get(k) for k in identity}
+        diff = _diff(stored, identity)
+        if diff:
+            fail("--out", str(path), "holds a finished run of another configuration ("
+                 + "; ".join(diff) + "); pass --force to replace it, or choose another --out")
+        log(f"[sgdlab] {path} holds this finished run: not recomputed (pass --force to rerun)")
+        return summary, results, get(identity["experiment"]).figures(results, summary)
+    if (state / "run.json").exists():
+        stored = json.loads((state / "run.json").read_text())
+        diff = _diff(stored, identity)
+        if diff:
+            fail("--out", str(path), "holds an unfinished run of another configuration ("
+                 + "; ".join(diff) + "); pass --force to discard it, or choose another --out")
+        log(f"[sgdlab] resuming the unfinished run in {path}")
+        return None
+    if path.exists() and any(p.name in ("results.zarr", "figures") for p in path.iterdir()) \
+            and not force:
+        fail("--out", str(path), "holds outputs of another run; pass --force to replace them")
+    state.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(state / "run.json", json.dumps(identity, indent=2, default=_plain))
+    return None
+
+
+def _diff(a: dict, b: dict) -> list[str]:
+    from sgdlab.engine import _config_diff
+    return _config_diff(json.loads(json.dumps(a, default=_plain)),
+                        json.loads(json.dumps(b, default=_plain)))
 
 
 def exit_status(summary: dict) -> int:
     """0 when every check passes, 1 when one fails."""
     return 1 if any(q["pass"] is False for q in summary["quantities"]) else 0
-
-
-def _check_out(path: Path, force: bool):
-    if path.exists() and not path.is_dir():
-        fail("--out", str(path), "exists and is not a directory")
-    if (path / "summary.json").exists() and not force:
-        fail("--out", str(path), "holds a finished run; pass --force to recompute it, or choose "
-             "another --out")
-    if path.exists() and any(p.name in ("results.zarr", "figures") for p in path.iterdir()) \
-            and not (path / "summary.json").exists() and not force:
-        fail("--out", str(path), "holds partial outputs of another run; pass --force to replace")
 
 
 def _atomic_write_text(path: Path, text: str):

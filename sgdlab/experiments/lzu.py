@@ -72,9 +72,8 @@ def _compute_stationary(cfg, ctx) -> Outcome:
         problem, Optimizer("momentum"),
         {"learning_rate": cfg["learning_rate"], "momentum": cfg["momentum"]},
         steps=cfg["steps"], seeds=cfg["seeds"], seed=ctx.seed, observe=None,
-        stationary=engine.Stationary(("w_outer", "risk"), burn_in=cfg["burn_in"], n_batches=10),
-        memory_budget=ctx.memory_budget)
-    ds = engine.run(study, progress=ctx.progress)
+        stationary=engine.Stationary(("w_outer", "risk"), burn_in=cfg["burn_in"], n_batches=10))
+    ds = ctx.run_study(study)
     quantities, notes = [], []
     for i, lr in enumerate(cfg["learning_rate"]):
         for j, mu in enumerate(cfg["momentum"]):
@@ -207,9 +206,8 @@ def _compute_minibatch(cfg, ctx) -> Outcome:
                 problem, Optimizer("momentum", preconditioner=pre),
                 {"learning_rate": cfg["learning_rate"], "momentum": cfg["momentum"]},
                 steps=cfg["steps"], seeds=cfg["seeds"], seed=ctx.seed, observe=None,
-                stationary=engine.Stationary(("w_outer", "risk"), burn_in=cfg["burn_in"]),
-                memory_budget=ctx.memory_budget)
-            ds = engine.run(study, progress=ctx.progress)
+                stationary=engine.Stationary(("w_outer", "risk"), burn_in=cfg["burn_in"]))
+            ds = ctx.run_study(study, f"S{S}_{method}")
             results[f"S{S}_{method}"] = ds
             for i, lr in enumerate(cfg["learning_rate"]):
                 for j, mu in enumerate(cfg["momentum"]):
