@@ -488,7 +488,7 @@ def constant_target(sizes: Sequence[int], *, target_value: float = 0.0, inputs: 
 
     observables = {"risk_se": risk_se, "output_bias": lambda o: o.params[-1][1][0]}
     if exact:
-        observables["n_kinks"] = lambda o: exact_risk(o.params)[1]
+        observables["n_kinks"] = lambda o: exact_risk(o.params)[1].astype(o.params[0][0].dtype)
     source = data_lib.DataSource(init=data_init, batch=batch, shared=True, batch_size=batch_size,
                                  description=f"online {inputs} inputs, constant target")
     return Problem(

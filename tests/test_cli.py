@@ -1,0 +1,235 @@
+"""The command line: list, run (quick presets end to end), report, overrides, clean errors."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sgdlab import cli, experiments, theory
+
+
+def run_cli(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_names_every_experiment(capsys):
+    code, out, _ = run_cli(["list"], capsys)
+    assert code == 0
+    names = [line.split()[0] for line in out.strip().splitlines()]
+    assert names == experiments.names()
+    assert {"lzu-stationary", "lzu-minibatch"} <= set(names)
+
+
+def check_outputs(out_dir):
+    summary = json.loads((out_dir / "summary.json").read_text())
+    for key in ("experiment", "preset", "config", "device", "versions", "runtime_s",
+                "quantities"):
+        assert key in summary
+    for q in summary["quantities"]:
+        assert set(q) >= {"name", "coords", "value", "se", "predicted", "z", "pass"}
+    assert (out_dir / "results.zarr").is_dir()
+    pngs = list((out_dir / "figures").glob("*.png"))
+    assert pngs and all(p.with_suffix(".pdf").exists() for p in pngs)
+    return summary
+
+
+@pytest.mark.parametrize("name", ["lzu-stationary", "lzu-minibatch"])
+def test_quick_preset_end_to_end(name, tmp_path, capsys):
+    out = tmp_path / name
+    code, stdout, _ = run_cli(["run", name, "--out", str(out), "--quiet"], capsys)
+    summary = check_outputs(out)
+    assert code == 0, stdout
+    assert all(q["pass"] for q in summary["quantities"] if q["pass"] is not None)
+    assert "passed, 0 failed" in stdout
+    # report redraws from the stored run alone
+    (out / "figures" / next(iter((out / "figures").glob("*.png"))).name).unlink()
+    code, stdout2, _ = run_cli(["report", str(out)], capsys)
+    assert code == 0 and "passed, 0 failed" in stdout2
+    assert len(list((out / "figures").glob("*.png"))) >= 1
+
+
+def test_set_override_reaches_the_compiled_run(tmp_path, capsys):
+    """A changed learning rate changes the measured variance as the theory says."""
+    values = {}
+    for lr in (0.2, 1.2):
+        out = tmp_path / f"lr{lr}"
+        code, stdout, _ = run_cli(["run", "lzu-stationary", "--out", str(out), "--quiet",
+                                   "--set", f"learning_rate={lr}", "--set", "momentum=0",
+                                   "--set", "seeds=1000", "--set", "steps=2000",
+                                   "--set", "burn_in=200"], capsys)
+        assert code == 0, stdout
+        q = next(q for q in json.loads((out / "summary.json").read_text())["quantities"]
+                 if q["name"] == "variance")
+        assert q["coords"]["learning_rate"] == lr
+        values[lr] = q
+    for lr, q in values.items():
+        assert abs(q["value"] - theory.lzu_variance_1d(lr, 1.0, 1.0)) <= 4 * q["se"]
+    assert values[1.2]["value"] > 5 * values[0.2]["value"]
+
+
+def test_unstable_grid_point_runs_and_says_why_there_is_no_prediction(tmp_path, capsys):
+    out = tmp_path / "unstable"
+    code, stdout, _ = run_cli(["run", "lzu-stationary", "--out", str(out), "--quiet",
+                               "--set", "learning_rate=0.5,2.5", "--set", "momentum=0",
+                               "--set", "seeds=200", "--set", "steps=1000",
+                               "--set", "burn_in=100"], capsys)
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    bad = [q for q in summary["quantities"] if q["coords"]["learning_rate"] == 2.5]
+    assert bad and all(q["predicted"] is None and q["pass"] is None for q in bad)
+    assert all("no stationary distribution" in q["note"] for q in bad)
+    assert any("200 of 200 members diverged" in n for n in summary["notes"])
+    assert "no stationary distribution" in stdout
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "nope"], "experiment='nope'"),
+    (["run", "lzu-stationary", "--set", "lr=0.1"], "valid keys: curvature"),
+    (["run", "lzu-stationary", "--set", "learning_rate=-1"], "learning_rate=-1.0"),
+    (["run", "lzu-stationary", "--set", "learning_rate=fast"], "learning_rate='fast'"),
+    (["run", "lzu-stationary", "--set", "learning_rate=0.1,,0.2"], "learning_rate"),
+    (["run", "lzu-stationary", "--set", "seeds=2.5"], "seeds='2.5'"),
+    (["run", "lzu-stationary", "--set", "rotation=0.3"], "rotation=0.3"),
+    (["run", "lzu-stationary", "--set", "burn_in=5000"], "burn_in=5000"),
+    (["run", "lzu-stationary", "--set", "noise_var=1,2,3"], "noise_var"),
+    (["run", "lzu-stationary", "--set", "steps"], "--set='steps'"),
+    (["run", "lzu-stationary", "--preset", "huge"], "invalid choice"),
+    (["run", "lzu-stationary", "--seed", "-3"], "--seed=-3"),
+    (["run", "lzu-stationary", "--config", "/nonexistent.toml"], "file not found"),
+    (["run", "lzu-minibatch", "--set", "method=adam"], "method='adam'"),
+    (["report", "/nonexistent"], "no finished sgdlab run"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
+    code, out, err = run_cli(argv + (["--out", str(tmp_path / "o")] if argv[0] == "run" else []),
+                             capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_toml_config_file(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[lzu-stationary]\nlearning_rate = [0.5]\nmomentum = [0.0]\nseeds = 300\n'
+                   'steps = 600\nburn_in = 100\n')
+    exp = experiments.get("lzu-stationary")
+    resolved = exp.resolve("quick", config_file=cfg, set_strings=["seeds=400"])
+    assert resolved["learning_rate"] == [0.5] and resolved["seeds"] == 400
+    cfg.write_text("learning_rate = 'x'\n")
+    code, _, err = run_cli(["run", "lzu-stationary", "--config", str(cfg), "--out",
+                            str(tmp_path / "o")], capsys)
+    assert code == 2 and "learning_rate='x'" in err
+
+
+# ---- generated malformed inputs: every one a clean error, never a traceback or output
+
+
+def _bad_value(param, draw):
+    options = []
+    if param.kind in (float, int):
+        options += ["abc", "1e999" if param.kind is float else "1.5", "nan", ""]
+        if param.low is not None:
+            options.append(repr(param.low - 1.0) if param.kind is float else str(int(param.low) - 1))
+        if param.high is not None:
+            options.append(repr(param.high + 1.0))
+    elif param.kind is str:
+        options += ["definitely-not-a-choice", ""]
+    elif param.kind is bool:
+        options += ["maybe"]
+    if not param.list:
+        options.append("1,2")
+    return draw(st.sampled_from(options))
+
+
+@st.composite
+def malformed_cli(draw):
+    name = draw(st.sampled_from(experiments.names()))
+    exp = experiments.get(name)
+    kind = draw(st.sampled_from(["value", "value", "value", "key", "syntax"]))
+    if kind == "key":
+        key = draw(st.text("abcxyz_", min_size=1, max_size=8).filter(
+            lambda k: k not in exp.param_map))
+        return name, [f"{key}=1"]
+    if kind == "syntax":
+        return name, [draw(st.sampled_from(["novalue", "=3", ""]))]
+    param = draw(st.sampled_from(exp.params))
+    return name, [f"{param.name}={_bad_value(param, draw)}"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=malformed_cli())
+def test_generated_malformed_cli_inputs(case, tmp_path_factory, capsys):
+    name, sets = case
+    out = tmp_path_factory.mktemp("bad") / "o"
+    argv = ["run", name, "--out", str(out)] + [x for s in sets for x in ("--set", s)]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 2, (argv, stdout, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("sgdlab: error: "), err
+    assert not out.exists()
+
+
+@st.composite
+def malformed_api(draw):
+    import sgdlab as sl
+    field = draw(st.sampled_from(["learning_rate", "momentum", "steps", "seeds", "burn_in",
+                                  "n_batches", "optimizer", "hparam_name"]))
+    bad = draw(st.sampled_from([-1, 0, math.nan, math.inf, "x", [], [[1.0]], None, 2.5]))
+    problem = sl.problems.noisy_quadratic(1.0, 1.0)
+    kw = dict(problem=problem, optimizer=sl.Optimizer("momentum"),
+              hparams={"learning_rate": 0.1, "momentum": 0.5}, steps=100, seeds=4,
+              stationary=sl.Stationary(("w2",), burn_in=10))
+    if field in ("learning_rate", "momentum"):
+        if field == "momentum" and bad == 0:
+            bad = 1.5
+        if field == "learning_rate" and bad == 2.5:
+            bad = -2.5
+        kw["hparams"] = dict(kw["hparams"], **{field: bad})
+    elif field in ("steps", "seeds"):
+        kw[field] = bad if bad not in (2.5,) else -7
+    elif field in ("burn_in", "n_batches"):
+        val = {"burn_in": 10, "n_batches": 10}
+        val[field] = bad if field == "burn_in" or bad != 2.5 else 0
+        if field == "burn_in" and bad in (0, 2.5):
+            val[field] = 1000
+        kw["stationary"] = ("stationary", val)
+    elif field == "optimizer":
+        return lambda: sl.Optimizer(bad if isinstance(bad, str) else "sgd-" + str(bad))
+    else:
+        kw["hparams"] = dict(kw["hparams"], **{"lr" + str(bad): 0.1})
+
+    def build():
+        if isinstance(kw.get("stationary"), tuple):
+            kw["stationary"] = sl.Stationary(("w2",), **kw["stationary"][1])
+        return sl.Study(**kw)
+    return build
+
+
+@settings(max_examples=60, deadline=None)
+@given(build=malformed_api())
+def test_generated_malformed_api_inputs(build):
+    with pytest.raises(ValueError) as e:
+        build()
+    msg = str(e.value)
+    assert "\n" not in msg and " is invalid: " in msg
+
+
+def test_x64_switch_runs_in_float64(tmp_path, capsys):
+    import jax
+    try:
+        code, _, _ = run_cli(["run", "lzu-stationary", "--x64", "--quiet", "--out",
+                              str(tmp_path / "o"), "--set", "seeds=64", "--set", "steps=300",
+                              "--set", "burn_in=50", "--set", "learning_rate=0.5",
+                              "--set", "momentum=0"], capsys)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+    assert code == 0
+    summary, results = experiments.load_run(tmp_path / "o")
+    assert summary["x64"] is True
+    assert results["stationary"]["stationary_w_outer"].dtype == np.float64
+    assert json.loads(results["stationary"].attrs["sgdlab_config"])["dtype"] == "float64"

@@ -1,0 +1,190 @@
+"""Nothing lost: checkpoints, resume after SIGKILL/SIGINT, refusal of changed configurations,
+atomic outputs, and sharding over devices bitwise equal to one device."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sgdlab as sl
+from sgdlab import experiments
+
+ROOT = Path(__file__).resolve().parents[1]
+# big enough to take several seconds, small enough for CI
+RUN = ["run", "lzu-stationary", "--quiet", "--set", "seeds=3000", "--set", "steps=6000",
+       "--set", "burn_in=500", "--set", "learning_rate=0.5,1.0", "--set", "momentum=0,0.5",
+       "--checkpoint-steps", "600"]
+
+
+def sgdlab(args, **kw):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "sgdlab.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def wait_for(path: Path, timeout=120):
+    t0 = time.time()
+    while not path.exists():
+        if time.time() - t0 > timeout:
+            raise TimeoutError(path)
+        time.sleep(0.05)
+
+
+def assert_same_results(a: Path, b: Path):
+    sa, ra = experiments.load_run(a)
+    sb, rb = experiments.load_run(b)
+    assert ra.keys() == rb.keys()
+    for g in ra:
+        for v in ra[g].data_vars:
+            assert np.array_equal(ra[g][v].values, rb[g][v].values, equal_nan=True), (g, v)
+    assert [q["value"] for q in sa["quantities"]] == [q["value"] for q in sb["quantities"]]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    p = sgdlab([*RUN, "--out", str(out)])
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_resumes_bitwise_identically(tmp_path, reference, sig):
+    out = tmp_path / "run"
+    p = sgdlab([*RUN, "--out", str(out)])
+    wait_for(out / ".sgdlab-state" / "main.ckpt.npz")
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=300)
+    if sig == signal.SIGINT:
+        assert p.returncode == 130
+        assert "resume with: sgdlab run lzu-stationary" in err
+    else:
+        assert p.returncode == -signal.SIGKILL
+    assert not (out / "summary.json").exists()
+    p = sgdlab([*RUN, "--out", str(out)])
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    assert "resuming the unfinished run" in err
+    assert "resuming from its checkpoint" in err
+    assert_same_results(reference, out)
+    assert not (out / ".sgdlab-state").exists()
+
+
+def test_resume_with_changed_configuration_is_refused(tmp_path):
+    out = tmp_path / "run"
+    state = out / experiments.STATE
+    state.mkdir(parents=True)
+    cfg = experiments.get("lzu-stationary").resolve("quick")
+    (state / "run.json").write_text(json.dumps(
+        {"experiment": "lzu-stationary", "preset": "quick", "config": cfg, "seed": 0,
+         "x64": False}))
+    p = sgdlab(["run", "lzu-stationary", "--out", str(out), "--set", "momentum=0.9",
+                "--set", "seeds=100"])
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "config.momentum" in err and "config.seeds" in err and "Traceback" not in err
+
+
+def test_finished_run_is_not_recomputed_without_force(tmp_path, reference):
+    # same configuration: reported as stored
+    summary, _, _ = experiments.run(
+        "lzu-stationary", set_strings=[RUN[i + 1] for i, a in enumerate(RUN) if a == "--set"],
+        out=reference,
+        progress=False, log=lambda m: None)
+    assert json.loads((reference / "summary.json").read_text())["runtime_s"] == \
+        summary["runtime_s"]
+
+
+def test_summary_json_is_never_partial(tmp_path):
+    """Kill the writer while summary.json is being written: it is absent or complete."""
+    out = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import os, time, sys
+        import sgdlab.experiments as ex
+        real = os.fsync
+        def slow(fd):
+            time.sleep(30)
+            real(fd)
+        summary = {{"experiment": "x", "quantities": [], "blob": "z" * 1_000_000}}
+        os.fsync = slow
+        print("writing", flush=True)
+        ex._atomic_write_text(ex.Path({str(out)!r}) / "summary.json", __import__("json").dumps(summary))
+    """)
+    out.mkdir()
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                         cwd=ROOT)
+    assert p.stdout.readline().strip() == "writing"
+    time.sleep(1.0)
+    p.kill()
+    p.wait()
+    assert not (out / "summary.json").exists()
+    # the temporary file is the only trace; a later write replaces nothing partial
+    experiments._atomic_write_text(out / "summary.json", '{"ok": true}')
+    assert json.loads((out / "summary.json").read_text()) == {"ok": True}
+
+
+def test_engine_checkpoint_resume_in_process(tmp_path):
+    problem = sl.problems.noisy_quadratic(1.0, 1.0)
+    study = sl.Study(problem, sl.Optimizer("momentum"),
+                     {"learning_rate": [0.5, 1.0], "momentum": 0.3}, steps=400, seeds=40,
+                     segment_steps=20, block_seeds=8, chunk_size=16,
+                     observe=sl.Observe(("w", "risk"), num=6),
+                     stationary=sl.Stationary(("w2",), burn_in=50))
+    ref = sl.run(study, progress=False)
+    ckpt = sl.engine.Checkpoint(tmp_path / "c.npz", every_seconds=1e9, every_steps=60)
+    calls = {"n": 0}
+    real = sl.engine.Progress.tick
+
+    def tick(self, n=1, note=""):
+        calls["n"] += 1
+        if calls["n"] == 33:  # in the middle of the second chunk
+            sl.engine.request_stop()
+        real(self, n, note)
+
+    sl.engine.Progress.tick = tick
+    try:
+        with pytest.raises(sl.engine.Interrupted):
+            sl.run(study, progress=False, checkpoint=ckpt)
+    finally:
+        sl.engine.Progress.tick = real
+        sl.engine._STOP["requested"] = False
+    meta = ckpt.read()[0]
+    assert (meta["chunk"], meta["segment"]) == (1, 13)
+    resumed = sl.run(study, progress=False, checkpoint=ckpt)
+    for v in ref.data_vars:
+        assert np.array_equal(ref[v].values, resumed[v].values, equal_nan=True), v
+    with pytest.raises(ValueError, match="hparams.momentum"):
+        sl.run(study.with_hparams(momentum=0.4), progress=False, checkpoint=ckpt)
+
+
+def test_sharded_over_four_devices_is_bitwise_single_device():
+    script = textwrap.dedent("""
+        import numpy as np, jax, sgdlab as sl
+        assert len(jax.devices()) == 4
+        problem = sl.problems.mlp_regression((3, 16, 1), target="teacher", inputs="gaussian",
+                                             batch_size=4, reduction="half_mean", n_eval=32)
+        study = sl.Study(problem, sl.Optimizer("momentum"),
+                         {"learning_rate": [0.05, 0.1], "momentum": 0.9}, steps=60, seeds=50,
+                         block_seeds=4, observe=sl.Observe(("loss", "risk"), num=4),
+                         stationary=sl.Stationary(("loss",), burn_in=20))
+        one = sl.run(study, progress=False, devices=1)
+        four = sl.run(study, progress=False, devices=4)
+        assert "4 device(s)" in four.attrs["plan"]
+        bad = [v for v in one.data_vars
+               if not np.array_equal(one[v].values, four[v].values, equal_nan=True)]
+        assert not bad, bad
+        print("ok")
+    """)
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="4")
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       cwd=ROOT, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
