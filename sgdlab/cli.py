@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint-steps", type=int, metavar="STEPS",
                    help="also checkpoint every STEPS steps")
     r.add_argument("--params", action="store_true", help="list the parameters and exit")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print the plan (members, chunks, devices, memory) and exit")
     rep = sub.add_parser("report", help="redraw figures and reprint the table of a stored run")
     rep.add_argument("dir")
     sub.add_parser("bench", help="benchmarks (see `sgdlab bench --help`)", add_help=False)
@@ -115,12 +117,19 @@ def _dispatch(args) -> int:
     if args.checkpoint_steps is not None and args.checkpoint_steps < 1:
         raise ValueError(f"--checkpoint-steps={args.checkpoint_steps} is invalid: expected a "
                          "positive integer")
+    memory = None if args.memory is None else int(args.memory * 2**30)
+    if args.dry_run:
+        for line in experiments.dry_run(args.name, args.preset, config_file=args.config,
+                                        set_strings=args.sets, seed=args.seed,
+                                        devices=args.devices, memory_budget=memory):
+            print(line)
+        return 0
     out = args.out or os.path.join("runs", args.name)
     try:
         summary, _, figures = experiments.run(
             args.name, args.preset, config_file=args.config, set_strings=args.sets, out=out,
             force=args.force, seed=args.seed, progress=not args.quiet, devices=args.devices,
-            memory_budget=None if args.memory is None else int(args.memory * 2**30),
+            memory_budget=memory,
             checkpoint_seconds=args.checkpoint_every, checkpoint_steps=args.checkpoint_steps,
             log=lambda m: print(m, file=sys.stderr))
     except Interrupted as e:

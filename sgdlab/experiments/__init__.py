@@ -2,11 +2,13 @@
 
 An :class:`Experiment` declares its parameters (:class:`Param`: type, range,
 choices, whether a list is allowed), its presets (``quick``: about two minutes
-on two CPU cores; ``paper``: the papers' sizes, for a GPU), and a ``compute``
-function that runs the engine and returns an :class:`Outcome`: labeled result
-datasets and a flat list of quantities ``{name, coords, value, se, predicted, z,
-pass}``. A ``figures`` function redraws every figure from the stored results and
-summary alone, so ``sgdlab report DIR`` needs no recomputation.
+on two CPU cores; ``paper``: the papers' sizes, for a GPU), a ``studies``
+function that builds the engine studies from a resolved configuration (so they
+can be planned before anything runs: ``--dry-run``), and an ``analyze`` function
+that turns the studies' labeled datasets into an :class:`Outcome`: a flat list of
+quantities ``{name, coords, value, se, predicted, z, pass}``. A ``figures``
+function redraws every figure from the stored results and summary alone, so
+``sgdlab report DIR`` needs no recomputation.
 
 Configuration is resolved as defaults ← preset ← TOML file ← ``--set`` values,
 and every value is validated when the configuration is built (one-line
@@ -167,9 +169,8 @@ def _plain(v):
 
 @dataclass
 class Outcome:
-    """What an experiment's ``compute`` returns."""
+    """What an experiment's ``analyze`` returns."""
 
-    results: dict[str, Any]            # name -> xarray.Dataset (stored as Zarr groups)
     quantities: list[dict]
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # JSON-able, stored in the summary
@@ -184,7 +185,8 @@ class Experiment:
     title: str
     params: tuple[Param, ...]
     presets: Mapping[str, Mapping[str, Any]]
-    compute: Callable[[dict, Context], Outcome]
+    studies: Callable[[dict, int], dict[str, Any]]      # (config, seed) -> {name: Study}
+    analyze: Callable[[dict, dict[str, Any]], Outcome]  # (config, {name: Dataset}) -> Outcome
     figures: Callable[[dict, dict], dict]
     validate: Callable[[dict], None] | None = None
 
@@ -235,11 +237,11 @@ class Experiment:
 
 @dataclass
 class Context:
-    """Run-time options an experiment's compute receives.
+    """Run-time options of an experiment run.
 
-    Experiments run their studies through :meth:`run_study`, which checkpoints
-    them under ``checkpoint_dir`` (when the run has an output directory) and
-    reuses the results of studies an interrupted run already finished.
+    Studies run through :meth:`run_study`, which checkpoints them under
+    ``checkpoint_dir`` (when the run has an output directory) and reuses the
+    results of studies an interrupted run already finished.
     """
 
     seed: int = 0
@@ -394,7 +396,13 @@ def run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = 
         pass
     engine._STOP["requested"] = False
     try:
-        outcome = exp.compute(cfg, ctx)
+        studies = exp.studies(cfg, seed)
+        datasets = {}
+        for i, (sname, study) in enumerate(studies.items()):
+            if len(studies) > 1:
+                log(f"[sgdlab] study {i + 1}/{len(studies)}: {sname}")
+            datasets[sname] = ctx.run_study(study, sname)
+        outcome = exp.analyze(cfg, datasets)
     finally:
         for sig, h in handlers.items():
             signal.signal(sig, h)
@@ -405,11 +413,29 @@ def run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = 
         "x64": identity["x64"], "runtime_s": time.perf_counter() - t0,
         "quantities": outcome.quantities, "notes": outcome.notes, **outcome.extra,
     }
-    figures = exp.figures(outcome.results, summary)
+    figures = exp.figures(datasets, summary)
     if out_path is not None:
-        write_outputs(out_path, outcome.results, summary, figures, force=force)
+        write_outputs(out_path, datasets, summary, figures, force=force)
         shutil.rmtree(out_path / STATE, ignore_errors=True)
-    return summary, outcome.results, figures
+    return summary, datasets, figures
+
+
+def dry_run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = None, *,
+            config_file=None, set_strings: Sequence[str] = (), seed: int = 0,
+            devices: int | None = None, memory_budget: int | None = None) -> list[str]:
+    """The plan of every study of a run (members, chunks, devices, memory), computing nothing."""
+    from sgdlab import engine
+
+    exp = get(name)
+    cfg = exp.resolve(preset, overrides, config_file, set_strings)
+    lines = []
+    total = 0
+    for sname, study in exp.studies(cfg, seed).items():
+        p = engine.plan(study, memory_budget=memory_budget, devices=devices)
+        total += study.n_members * study.steps
+        lines.append(f"{sname}: {p.describe()}")
+    lines.append(f"total: {total:.3g} member-steps; one compile per study")
+    return lines
 
 
 def _prepare_out(path: Path, identity: dict, force: bool, log):

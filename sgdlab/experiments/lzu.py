@@ -64,16 +64,20 @@ def _prediction(lr, K, C, mu):
     return sigma, cont, None
 
 
-def _compute_stationary(cfg, ctx) -> Outcome:
+def _studies_stationary(cfg, seed):
     K, C = _matrices(cfg)
-    d = K.shape[0]
     problem = noisy_quadratic(K, C)
-    study = engine.Study(
+    return {"stationary": engine.Study(
         problem, Optimizer("momentum"),
         {"learning_rate": cfg["learning_rate"], "momentum": cfg["momentum"]},
-        steps=cfg["steps"], seeds=cfg["seeds"], seed=ctx.seed, observe=None,
-        stationary=engine.Stationary(("w_outer", "risk"), burn_in=cfg["burn_in"], n_batches=10))
-    ds = ctx.run_study(study)
+        steps=cfg["steps"], seeds=cfg["seeds"], seed=seed, observe=None,
+        stationary=engine.Stationary(("w_outer", "risk"), burn_in=cfg["burn_in"], n_batches=10))}
+
+
+def _analyze_stationary(cfg, datasets) -> Outcome:
+    K, C = _matrices(cfg)
+    d = K.shape[0]
+    ds = datasets["stationary"]
     quantities, notes = [], []
     for i, lr in enumerate(cfg["learning_rate"]):
         for j, mu in enumerate(cfg["momentum"]):
@@ -101,7 +105,7 @@ def _compute_stationary(cfg, ctx) -> Outcome:
             if n_div:
                 notes.append(f"learning_rate={lr:g}, momentum={mu:g}: {n_div} of {cfg['seeds']} "
                              "members diverged")
-    return Outcome({"stationary": ds}, quantities, notes)
+    return Outcome(quantities, notes)
 
 
 def _figures_stationary(results, summary):
@@ -164,7 +168,8 @@ register(Experiment(
                   "learning_rate": [0.05, 0.2, 0.5, 1.0, 1.5, 1.9], "momentum": [0.0, 0.5, 0.9],
                   "steps": 20000, "burn_in": 5000, "seeds": 20000},
     },
-    compute=_compute_stationary, figures=_figures_stationary, validate=_validate_stationary,
+    studies=_studies_stationary, analyze=_analyze_stationary, figures=_figures_stationary,
+    validate=_validate_stationary,
 ))
 
 
@@ -192,23 +197,30 @@ def _minibatch_prediction(method, lr, A, noise_var, S, mu):
     return sigma, None
 
 
-def _compute_minibatch(cfg, ctx) -> Outcome:
+def _studies_minibatch(cfg, seed):
     A = np.diag(cfg["input_cov"])
-    d = A.shape[0]
-    results, quantities, notes = {}, [], []
+    studies = {}
     for S in cfg["batch_size"]:
         problem = linear_regression(A, np.sqrt(cfg["label_noise"]), S, reduction="half_mean")
         for method in cfg["method"]:
             # natural gradient: the Fisher of linear regression with unit-variance
             # Gaussian likelihood is A, so NGD preconditions with A⁻¹ like damped Newton
             pre = None if method == "sgd" else np.linalg.inv(A)
-            study = engine.Study(
+            studies[f"S{S}_{method}"] = engine.Study(
                 problem, Optimizer("momentum", preconditioner=pre),
                 {"learning_rate": cfg["learning_rate"], "momentum": cfg["momentum"]},
-                steps=cfg["steps"], seeds=cfg["seeds"], seed=ctx.seed, observe=None,
+                steps=cfg["steps"], seeds=cfg["seeds"], seed=seed, observe=None,
                 stationary=engine.Stationary(("w_outer", "risk"), burn_in=cfg["burn_in"]))
-            ds = ctx.run_study(study, f"S{S}_{method}")
-            results[f"S{S}_{method}"] = ds
+    return studies
+
+
+def _analyze_minibatch(cfg, datasets) -> Outcome:
+    A = np.diag(cfg["input_cov"])
+    d = A.shape[0]
+    quantities, notes = [], []
+    for S in cfg["batch_size"]:
+        for method in cfg["method"]:
+            ds = datasets[f"S{S}_{method}"]
             for i, lr in enumerate(cfg["learning_rate"]):
                 for j, mu in enumerate(cfg["momentum"]):
                     sigma, note = _minibatch_prediction(method, lr, A, cfg["label_noise"], S, mu)
@@ -232,7 +244,7 @@ def _compute_minibatch(cfg, ctx) -> Outcome:
                     if n_div:
                         notes.append(", ".join(f"{k}={v}" for k, v in coords.items())
                                      + f": {n_div} of {cfg['seeds']} members diverged")
-    return Outcome(results, quantities, notes)
+    return Outcome(quantities, notes)
 
 
 def _figures_minibatch(results, summary):
@@ -294,6 +306,7 @@ register(Experiment(
                   "method": ["sgd", "newton", "ngd"], "steps": 20000, "burn_in": 4000,
                   "seeds": 20000},
     },
-    compute=_compute_minibatch, figures=_figures_minibatch, validate=_validate_minibatch,
+    studies=_studies_minibatch, analyze=_analyze_minibatch, figures=_figures_minibatch,
+    validate=_validate_minibatch,
 ))
 

@@ -1,0 +1,522 @@
+"""The problems of issue 3: exact gradients, exact or sampled risks against independent
+Monte Carlo, the papers' conventions, minibatch noise, and one engine run per factory."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import sgdlab as sl
+from sgdlab import engine, models, theory
+from sgdlab import problems as P
+
+KEY = jax.random.key(0)
+
+
+def first_batch(problem, t=1, seed=0):
+    """The data and the step-``t`` batch of seed index ``seed`` (study seed 0)."""
+    _, data_k, _ = engine._seed_keys(0, seed)
+    data = problem.data.init(engine.shared_key(0))
+    return data, problem.data.batch(data, data_k, jnp.int32(t))
+
+
+# --------------------------------------------------------------------------- gradients
+
+GRADIENT_CASES = {
+    "constant_target_deep_1d": lambda: P.constant_target(
+        (1, 6, 5, 1), target_value=0.7, bias_scale=0.5, batch_size=8),
+    "constant_target_gaussian_3d": lambda: P.constant_target(
+        (3, 6, 1), inputs="gaussian", reduction="half_mean", batch_size=8),
+    "regularized_sigmoid": lambda: P.regularized_two_layer(4, reg=0.3, activation="sigmoid"),
+    "regularized_tanh": lambda: P.regularized_two_layer(4, reg=0.3, activation="tanh",
+                                                        labels="gaussian"),
+    "regularized_softplus_minibatch": lambda: P.regularized_two_layer(
+        4, reg=0.3, activation="softplus", mode="with_replacement", batch_size=8),
+    "indicator_ramp": lambda: P.indicator_target("ramp", a0=2.0, batch_size=64, n_eval=8),
+    "indicator_mlp": lambda: P.indicator_target("mlp", sizes=(2, 6, 4, 1), bias_scale=0.3,
+                                                n_data=40, mode="without_replacement",
+                                                batch_size=8, n_eval=8),
+    "du_W": lambda: P.du_two_layer(16, n_data=6, dim=4),
+    "du_both": lambda: P.du_two_layer(16, n_data=6, dim=4, train="both", labels="teacher"),
+    "finite_quadratic": lambda: P.finite_quadratic([[2.0, 0.5], [0.5, 1.0]], n_data=10,
+                                                   centers_cov=[1.0, 2.0], batch_size=3),
+    "sharp_well": lambda: P.potential_1d("sharp-well", curvature=3.0, noise_var=1.0,
+                                         w0=0.3),
+    "double_well_minibatch": lambda: P.potential_1d("double-well", noise="minibatch",
+                                                    noise_var=2.0, n_data=20, batch_size=4,
+                                                    w0=-0.7),
+    "callable_potential": lambda: P.potential_1d(lambda w: jnp.cos(3 * w) + w**4,
+                                                 bounds=(-2.0, 2.0), w0=0.4, noise_var=0.5),
+    "linear_regression": lambda: P.linear_regression([1.0, 3.0], 0.5, 8, w_star=[1.0, -1.0],
+                                                     init_scale=1.0),
+    "noisy_quadratic": lambda: P.noisy_quadratic([[2.0, 0.3], [0.3, 1.0]], [1.0, 1.0],
+                                                 init_scale=1.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRADIENT_CASES))
+def test_gradient_matches_central_differences_in_float64(name):
+    with jax.enable_x64(True):
+        problem = GRADIENT_CASES[name]()
+        params = problem.init(jax.random.key(3))
+        if name.startswith("du"):
+            # a generic point, not the initial one (where every ReLU is clearly on/off anyway)
+            params = {**params, "W": params["W"] + 0.1}
+        _, batch = first_batch(problem)
+        flat, unravel = ravel_pytree(params)
+        assert flat.dtype == jnp.float64
+        rng = np.random.default_rng(1)
+        v = rng.standard_normal((3,) + flat.shape)
+        if name == "du_W":  # a is not trained: probe W only
+            v[:, -params["a"].size:] = 0.0
+        v = jnp.asarray(v / np.linalg.norm(v, axis=1, keepdims=True))
+        h = 1e-6
+
+        @jax.jit
+        def check(flat, v, batch):
+            def f(u):
+                return problem.loss(unravel(u), batch, {})
+            g = jax.grad(f)(flat)
+            fd = jax.vmap(lambda d: (f(flat + h * d) - f(flat - h * d)) / (2 * h))(v)
+            return g, fd, v @ g
+
+        grad, fd, ad = (np.asarray(x) for x in check(flat, v, batch))
+        assert np.abs(grad).max() > 0
+        if name == "du_W":  # a is in the parameters but its gradient is exactly zero
+            assert np.all(grad[-params["a"].size:] == 0.0)
+        assert np.all(np.abs(fd - ad) <= 1e-6 * np.maximum(np.abs(ad), np.abs(grad).max())), \
+            (fd, ad)
+
+
+# --------------------------------------------------------------------------- population risks
+
+
+def forward_np(params, x):
+    """An independent NumPy forward pass of an mlp (ReLU), x of shape (n, d)."""
+    h = x
+    for i, (w, b) in enumerate(params):
+        h = h @ np.asarray(w) + np.asarray(b)
+        if i < len(params) - 1:
+            h = np.maximum(h, 0.0)
+    return h[:, 0]
+
+
+def within(estimate, reference, se, k=4.0):
+    assert abs(estimate - reference) <= k * se, (estimate, reference, se)
+
+
+@pytest.mark.parametrize("inputs", ["uniform", "gaussian"])
+def test_exact_piecewise_linear_risk_matches_monte_carlo(inputs):
+    """Exact 1-D risk of a deep ReLU net vs 10⁶ independent samples, within 4 SE."""
+    with jax.enable_x64(True):
+        problem = P.constant_target((1, 7, 6, 1), target_value=0.4, inputs=inputs,
+                                    box=(-1.0, 2.0), bias_scale=0.7, reduction="mean")
+        params = problem.init(jax.random.key(5))
+        risk = float(problem.risk(params, None, {}))
+        n_kinks = float(problem.observables["n_kinks"](
+            P.Observation(params, None, 0.0, 0.0, None, 0, {}, None)))
+    assert n_kinks >= 3  # the pieces really matter
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1.0, 2.0, 10**6) if inputs == "uniform" else rng.standard_normal(10**6)
+    err = (forward_np(params, x[:, None]) - 0.4) ** 2
+    within(risk, err.mean(), err.std() / math.sqrt(err.size))
+    if inputs == "uniform":  # and, deterministically, a fine midpoint rule
+        xm = -1.0 + 3.0 * (np.arange(2 * 10**6) + 0.5) / (2 * 10**6)
+        np.testing.assert_allclose(risk, np.mean((forward_np(params, xm[:, None]) - 0.4) ** 2),
+                                   rtol=1e-9)
+
+
+def test_exact_risk_is_nan_not_wrong_when_kinks_overflow():
+    problem = P.constant_target((1, 8, 8, 1), bias_scale=0.7, max_kinks=1)
+    params = problem.init(jax.random.key(5))
+    assert math.isnan(float(problem.risk(params, None, {})))
+
+
+def test_evaluation_sample_risk_and_its_standard_error():
+    with jax.enable_x64(True):
+        problem = P.constant_target((3, 8, 1), target_value=0.5, bias_scale=0.5, n_eval=20_000)
+        params = problem.init(jax.random.key(1))
+        data = problem.data.init(jax.random.key(2))
+        risk = float(problem.risk(params, data, {}))
+        se = float(problem.observables["risk_se"](
+            P.Observation(params, None, 0.0, 0.0, None, 0, {}, data)))
+    x = np.random.default_rng(3).uniform(0.0, 1.0, (10**6, 3))
+    err = (forward_np(params, x) - 0.5) ** 2
+    se_mc = err.std() / 1e3
+    within(risk, err.mean(), math.hypot(se, se_mc))
+    assert 0 < se < 0.02 * risk
+
+
+def test_linear_regression_closed_form_risk_matches_sampling():
+    A = np.array([[1.0, 0.4], [0.4, 2.0]])
+    with jax.enable_x64(True):
+        problem = P.linear_regression(A, 0.7, 1, w_star=[0.5, -1.0], reduction="half_mean")
+        w = jnp.asarray([1.2, 0.3])
+        risk = float(problem.risk(w, None, {}))
+        x, y = jax.vmap(lambda t: problem.data.batch(None, jax.random.key(4), t))(
+            jnp.arange(1, 200_001))
+    per = 0.5 * (np.asarray(x)[:, 0] @ np.asarray(w) - np.asarray(y)[:, 0]) ** 2
+    within(risk, per.mean(), per.std() / math.sqrt(per.size))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_ramp_exact_risk_and_l1_error_match_monte_carlo(dim):
+    r, a = 0.5, 2.5
+    with jax.enable_x64(True):
+        problem = P.indicator_target("ramp", dim=dim, radius=r, n_eval=8)
+        data = problem.data.init(jax.random.key(0))
+        params = {"a": jnp.asarray(a)}
+        risk = float(problem.risk(params, data, {}))
+        l1 = float(problem.observables["l1_error"](
+            P.Observation(params, None, 0.0, 0.0, None, 0, {}, data)))
+    if dim == 2:  # ½E(f_a − f°)² = π/(24a) in d = 2
+        np.testing.assert_allclose(risk, math.pi / (24 * a), rtol=1e-12)
+    x = np.random.default_rng(dim).uniform(-1.0, 1.0, (10**6, dim))
+    s = np.sum(x * x, axis=1)
+    f = np.maximum(1.0 - np.maximum(a * (s - r * r), 0.0), 0.0)
+    e = f - (s <= r * r)
+    sq = 0.5 * e**2
+    within(risk, sq.mean(), sq.std() / 1e3)
+    within(l1, np.abs(e).mean(), np.abs(e).std() / 1e3)
+
+
+def test_ramp_risk_falls_back_to_the_sample_outside_the_unit_ball():
+    with jax.enable_x64(True):
+        problem = P.indicator_target("ramp", dim=2, radius=0.5, n_eval=200_000)
+        data = problem.data.init(jax.random.key(0))
+        params = {"a": jnp.asarray(0.8)}  # r² + 1/a > 1: the ramp leaves the unit ball
+        risk = float(problem.risk(params, data, {}))
+        se = float(problem.observables["risk_se"](
+            P.Observation(params, None, 0.0, 0.0, None, 0, {}, data)))
+    x = np.random.default_rng(9).uniform(-1.0, 1.0, (10**6, 2))
+    s = np.sum(x * x, axis=1)
+    sq = 0.5 * (np.maximum(1.0 - np.maximum(0.8 * (s - 0.25), 0.0), 0.0) - (s <= 0.25)) ** 2
+    assert se > 0
+    within(risk, sq.mean(), math.hypot(se, sq.std() / 1e3))
+
+
+# --------------------------------------------------------------------------- conventions
+
+
+def test_relu_derivative_at_zero_is_zero_in_du_network():
+    X = np.eye(3)[:2]  # e_1, e_2: unit norm
+    problem = P.du_two_layer(2, X=X, y=[1.0, -1.0])
+    params = {"W": jnp.asarray([[1.0, 0.0, 0.0], [0.0, 1.0, 0.5]]), "a": jnp.ones(2)}
+    # example 1 (x = e_2) is exactly orthogonal to w_0 = e_1: ReLU'(0) = 0, no gradient
+    g = jax.grad(problem.loss)(params, (jnp.asarray(X[1:]), jnp.asarray([-1.0])), {})
+    assert float(jnp.abs(g["W"][0]).max()) == 0.0
+    assert float(jnp.abs(g["W"][1]).max()) > 0.0
+    # and w_0 does get a gradient through example 0, where it is active
+    g = jax.grad(problem.loss)(params, (jnp.asarray(X[:1]), jnp.asarray([1.0])), {})
+    assert float(jnp.abs(g["W"][0]).max()) > 0.0
+
+
+def test_loss_scalings_follow_each_paper():
+    # Du et al.: ½ Σ_i (a sum); Hutzenthaler et al.: mean without ½; Gopalani: (1/2n) Σ + λ/2‖W‖²
+    du = P.du_two_layer(8, n_data=5, dim=3)
+    p = du.init(KEY)
+    data, batch = first_batch(du)
+    u = models.two_layer_apply(p["W"], p["a"], data["X"], "relu", 1 / math.sqrt(8))
+    np.testing.assert_allclose(du.loss(p, batch, {}), 0.5 * jnp.sum((u - data["y"]) ** 2),
+                               rtol=1e-6)
+    ct = P.constant_target((2, 4, 1), target_value=2.0, batch_size=5)
+    p = ct.init(KEY)
+    x = first_batch(ct)[1]
+    np.testing.assert_allclose(ct.loss(p, x, {}), jnp.mean((ct.apply(p, x) - 2.0) ** 2),
+                               rtol=1e-6)
+    reg = P.regularized_two_layer(3, reg=0.7)
+    W = reg.init(KEY)
+    data, (x, y) = first_batch(reg)
+    expect = jnp.mean((y - reg.apply(W, x)) ** 2) / 2 + 0.35 * jnp.sum(W**2)
+    np.testing.assert_allclose(reg.loss(W, (x, y), {}), expect, rtol=1e-6)
+    assert x.shape[0] == reg.config["n_data"]  # full batch
+
+
+# --------------------------------------------------------------------------- minibatch noise
+
+
+def test_without_replacement_visits_every_example_once_per_epoch():
+    n, s = 12, 4
+    problem = P.finite_quadratic(1.0, centers=np.arange(n, dtype=float)[:, None], batch_size=s,
+                                 mode="without_replacement")
+    data = problem.data.init(KEY)
+    key = jax.random.key(1)
+    epochs = []
+    for e in range(3):
+        seen = np.concatenate([np.asarray(problem.data.batch(data, key, jnp.int32(t)))[:, 0]
+                               for t in range(1 + 3 * e, 4 + 3 * e)])
+        assert sorted(seen.tolist()) == list(range(n))
+        epochs.append(seen)
+    assert not np.array_equal(epochs[0], epochs[1])
+
+
+@pytest.mark.parametrize("mode", ["with_replacement", "without_replacement"])
+def test_minibatch_noise_covariance_matches_theory(mode):
+    """Cov K(c̄ − c̄_B) = K C_c K / S, times (N − S)/(N − 1) without replacement."""
+    K = np.array([[2.0, 0.5], [0.5, 1.0]])
+    n, s, T = 10, 4, 40_000
+    with jax.enable_x64(True):
+        problem = P.finite_quadratic(K, n_data=n, centers_cov=[[1.0, 0.3], [0.3, 0.5]],
+                                     batch_size=s, mode=mode)
+        data = problem.data.init(KEY)
+        per_epoch = n // s
+        # one batch per epoch without replacement, so the draws are independent
+        ts = 1 + jnp.arange(T) * (per_epoch if mode == "without_replacement" else 1)
+        cb = jax.vmap(lambda t: problem.data.batch(data, jax.random.key(2), t))(ts)
+    c = np.asarray(data)
+    noise = (c.mean(axis=0) - np.asarray(cb).mean(axis=1)) @ K  # K symmetric
+    Cc = np.cov(c.T, bias=True)
+    expect = theory.finite_data_noise_cov(K, Cc, s, n, replacement=mode == "with_replacement")
+    np.testing.assert_allclose(problem.config["noise_cov"], expect, rtol=1e-12)
+    np.testing.assert_allclose(problem.config["centers_cov_empirical"], [[1.0, 0.3], [0.3, 0.5]],
+                               atol=1e-12)
+    prod = noise[:, :, None] * noise[:, None, :]
+    emp = prod.mean(axis=0)  # the noise has mean exactly 0
+    se = prod.std(axis=0) / math.sqrt(T)
+    assert np.all(np.abs(emp - expect) <= 4 * se), (emp, expect, se)
+    if mode == "without_replacement":  # and the finite-population factor is resolved
+        wr = expect * (n - 1) / (n - s)
+        assert np.abs(emp - wr).max() > 4 * se.max()
+
+
+def test_minibatch_potential_noise_has_the_stated_variance():
+    problem = P.potential_1d("double-well", noise="minibatch", noise_var=3.0, n_data=8,
+                             batch_size=2, mode="with_replacement")
+    z = np.asarray(problem.data.init(KEY), dtype=float)
+    np.testing.assert_allclose([z.mean(), np.mean(z**2)], [0.0, 3.0], atol=1e-5)
+    assert problem.config["gradient_noise_var"] == pytest.approx(1.5)
+    # the empirical loss over the whole data set is the potential itself
+    with jax.enable_x64(True):
+        zz = jnp.asarray(problem.data.init(KEY))
+        for w in (-1.3, 0.2):
+            np.testing.assert_allclose(problem.loss(jnp.asarray(w), zz, {}),
+                                       (w * w - 1) ** 2 / 4, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- Du et al.
+
+
+def test_du_gram_deviation_shrinks_like_inverse_sqrt_width():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 10))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    H_inf = theory.du_H_inf(X)
+    widths = np.array([16, 64, 256, 1024, 4096])
+    dev = []
+    with jax.enable_x64(True):
+        for m in widths:
+            keys = jax.random.split(jax.random.key(int(m)), 8)
+            H = jax.vmap(lambda k, m=m: models.du_gram(jax.random.normal(k, (m, 10)),
+                                                       jnp.asarray(X)))(keys)
+            dev.append(np.mean([np.linalg.norm(np.asarray(h) - H_inf, 2) for h in H]))
+    slope = np.polyfit(np.log(widths), np.log(dev), 1)[0]
+    assert abs(slope + 0.5) <= 0.15, (slope, dev)
+
+
+# --------------------------------------------------------------------------- engine runs
+
+
+def test_dead_network_follows_its_closed_form_through_the_engine():
+    problem = P.constant_target((1, 4, 3, 1), target_value=1.0, output_bias=-0.5, dead=True,
+                                batch_size=3, box=(-1.0, 2.0))
+    steps = (0, 1, 2, 7, 40)
+    study = sl.Study(problem, sl.Optimizer("sgd", schedule="power"),
+                     {"gamma0": 0.3, "alpha": [0.0, 1.0, 2.0]}, steps=40, seeds=2,
+                     observe=sl.Observe(("risk", "output_bias", "n_kinks"), at=steps))
+    with jax.enable_x64(True):
+        ds = sl.run(study, progress=False)
+    for i, alpha in enumerate((0.0, 1.0, 2.0)):
+        expect = theory.dead_network_risk_schedule(-1.5, 0.3, alpha, 0.0, np.array(steps))
+        for s in range(2):
+            np.testing.assert_allclose(ds["risk"].isel(alpha=i, seed=s).values, expect,
+                                       rtol=1e-10, atol=1e-300)
+    assert np.all(ds["n_kinks"].values == 0)
+    # the summable schedule stalls, the others do not
+    assert float(ds["risk"].isel(alpha=2, step=-1, seed=0)) > 0.1
+    assert float(ds["risk"].isel(alpha=1, step=-1, seed=0)) < 0.01
+
+
+def test_regularized_two_layer_engine_run_noise_free_member_is_plain_gd():
+    problem = P.regularized_two_layer(3, reg=0.5, dim=2, n_data=16, init="far", init_scale=2.0)
+    steps = 15
+    study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": 0.2,
+                                                    "noise_std": [0.0, 1.0]},
+                     steps=steps, seeds=2,
+                     observe=sl.Observe(("empirical_loss", ("W", lambda o: o.params)),
+                                        at=(0, steps)))
+    with jax.enable_x64(True):
+        ds = sl.run(study, progress=False)
+        data = problem.data.init(KEY)
+        W = problem.init(KEY)
+        grad = jax.grad(problem.loss)
+        L0 = float(problem.loss(W, (data["X"], data["y"]), {}))
+        for _ in range(steps):
+            W = W - 0.2 * grad(W, (data["X"], data["y"]), {})
+        L = float(problem.loss(W, (data["X"], data["y"]), {}))
+    np.testing.assert_allclose(ds["empirical_loss"].isel(noise_std=0, step=0).values, L0,
+                               rtol=1e-12)
+    np.testing.assert_allclose(ds["W"].isel(noise_std=0, step=-1).values,
+                               np.broadcast_to(np.asarray(W), (2,) + W.shape), rtol=1e-10)
+    np.testing.assert_allclose(ds["empirical_loss"].isel(noise_std=0, step=-1).values, L,
+                               rtol=1e-10)
+    assert L < L0
+    noisy = ds["W"].isel(noise_std=1, step=-1).values
+    assert not np.allclose(noisy[0], noisy[1])  # the noise differs between seeds
+
+
+def test_indicator_ramp_engine_run():
+    problem = P.indicator_target("ramp", dim=2, radius=0.5, a0=2.0, batch_size=32)
+    ds = sl.run(sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": [0.5, 2.0]},
+                         steps=30, seeds=3,
+                         observe=sl.Observe(("risk", "a", "pointwise_error",
+                                             "pointwise_error_mean"), at=(0, 10, 30))),
+                progress=False)
+    np.testing.assert_allclose(ds["risk"].isel(step=0).values, math.pi / 48, rtol=1e-5)
+    a = ds["a"].values
+    assert np.all(np.diff(a, axis=-1) >= 0) and np.all(a[..., -1] > 2.0)  # a only grows
+    # the pointwise error on the grid is that of the ramp: 1 − a(|x|² − r²) just outside
+    grid = np.stack(np.meshgrid(*(2 * [(2 * np.arange(64) + 1) / 64 - 1]), indexing="ij"),
+                    -1).reshape(-1, 2)
+    grid = grid[np.abs(np.linalg.norm(grid, axis=1) - 0.5) > 0.05]
+    s = np.sum(grid**2, axis=1)
+    err = np.abs(np.maximum(1 - np.maximum(2.0 * (s - 0.25), 0), 0) - (s <= 0.25))
+    np.testing.assert_allclose(ds["pointwise_error"].isel(step=0).values, err.max(), rtol=1e-5)
+    np.testing.assert_allclose(ds["pointwise_error_mean"].isel(step=0).values, err.mean(),
+                               rtol=1e-4)
+    assert np.all(ds["pointwise_error"].isel(step=-1).values < err.max())
+
+
+def test_du_engine_run_observables():
+    problem = P.du_two_layer(64, n_data=8, dim=6, labels="teacher")
+    study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": 0.05}, steps=20, seeds=2,
+                     keep_init=True,
+                     observe=sl.Observe(("flip_fraction", "max_distance", "lambda_min_H",
+                                         "kernel_deviation", "train_loss",
+                                         ("W", lambda o: o.params["W"]),
+                                         ("a", lambda o: o.params["a"])), at=(0, 20)))
+    with jax.enable_x64(True):
+        ds = sl.run(study, progress=False)
+    X = np.asarray(problem.data.init(KEY)["X"])
+    H_inf = theory.du_H_inf(X)
+    W0 = ds["W"].isel(step=0).values
+    for s in range(2):
+        S = (W0[s] @ X.T >= 0).astype(float)
+        H = (X @ X.T) * (S.T @ S) / 64
+        np.testing.assert_allclose(ds["kernel_deviation"].isel(seed=s, step=0),
+                                   np.linalg.norm(H - H_inf, 2), rtol=1e-10)
+        np.testing.assert_allclose(ds["lambda_min_H"].isel(seed=s, step=0),
+                                   np.linalg.eigvalsh(H)[0], rtol=1e-8, atol=1e-12)
+        W = ds["W"].isel(seed=s, step=-1).values
+        np.testing.assert_allclose(ds["max_distance"].isel(seed=s, step=-1),
+                                   np.linalg.norm(W - W0[s], axis=1).max(), rtol=1e-10)
+        np.testing.assert_allclose(ds["flip_fraction"].isel(seed=s, step=-1),
+                                   np.mean((W @ X.T >= 0) != (W0[s] @ X.T >= 0)), atol=1e-12)
+    assert np.all(ds["flip_fraction"].isel(step=0).values == 0)
+    assert np.all(ds["max_distance"].isel(step=0).values == 0)
+    assert np.all(ds["train_loss"].isel(step=-1).values < ds["train_loss"].isel(step=0).values)
+    # a_r is ±1, differs between seeds, and is not trained
+    a = ds["a"].values
+    assert np.all(np.abs(a) == 1) and np.array_equal(a[..., 0, :], a[..., 1, :])
+    assert not np.array_equal(a[0], a[1])
+    # without keep_init the observables that need W(0) say so
+    with pytest.raises(ValueError, match="^keep_init"):
+        sl.run(sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": 0.05}, steps=2,
+                        seeds=1, observe=sl.Observe(("flip_fraction",))), progress=False)
+
+
+def test_finite_quadratic_engine_member_equals_plain_loop():
+    problem = P.finite_quadratic([2.0, 0.5], n_data=12, centers_cov=[1.0, 1.0], batch_size=3,
+                                 mode="without_replacement", w0=[1.0, -1.0])
+    study = sl.Study(problem, sl.Optimizer("momentum"),
+                     {"learning_rate": 0.3, "momentum": 0.5}, steps=9, seeds=2,
+                     observe=sl.Observe(("w", "excess_loss", "risk"), at=(0, 9)))
+    with jax.enable_x64(True):
+        ds = sl.run(study, progress=False)
+        data = problem.data.init(KEY)
+        K = np.diag([2.0, 0.5])
+        for s in range(2):
+            _, data_k, _ = engine._seed_keys(0, s)
+            w, m = np.array([1.0, -1.0]), np.zeros(2)
+            for t in range(1, 10):
+                cb = np.asarray(problem.data.batch(data, data_k, jnp.int32(t)))
+                m = 0.5 * m + K @ (w - cb.mean(axis=0))  # heavy ball, the optax form
+                w = w - 0.3 * m
+            np.testing.assert_allclose(ds["w"].isel(seed=s, step=-1).values, w, rtol=1e-12)
+    c = np.asarray(data)
+    w0 = np.array([1.0, -1.0])
+    risk0 = np.mean([0.5 * (w0 - ci) @ K @ (w0 - ci) for ci in c])
+    np.testing.assert_allclose(ds["risk"].isel(step=0).values, risk0, rtol=1e-12)
+    np.testing.assert_allclose(ds["excess_loss"].isel(step=0).values, 0.5 * w0 @ K @ w0,
+                               atol=1e-12)
+
+
+def test_sharp_well_escape_time_matches_nystrom_oracle():
+    lr, s2 = 0.2, 4.0
+    problem = P.potential_1d("sharp-well", curvature=1.0, wall=1.0, noise_var=s2)
+    ds = sl.run(sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": lr}, steps=300,
+                         seeds=2000, observe=None, first_passage=sl.FirstPassage("escaped")),
+                progress=False)
+    t = ds.event_step.values.ravel()
+    assert np.all(t >= 1)  # nobody censored, nobody at the start
+    _, dU = P.potential_fns("sharp-well", 1.0)
+    tau = theory.mfpt_nystrom(dU, lr, s2, *problem.config["bounds"], x0=0.0)
+    within(t.mean(), tau, t.std() / math.sqrt(t.size))
+
+
+def test_double_well_minibatch_escape_run_records_event_steps():
+    problem = P.potential_1d("double-well", noise="minibatch", noise_var=8.0, n_data=50,
+                             batch_size=2, mode="without_replacement", threshold=0.5)
+    ds = sl.run(sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": 0.3,
+                                                        "noise_std": [0.0, 0.5]},
+                         steps=200, seeds=16, first_passage=sl.FirstPassage("escaped"),
+                         observe=sl.Observe(("w", "risk"), at=(0,))), progress=False)
+    t = ds.event_step.values
+    assert np.mean(t > 0) > 0.5 and np.all(t != 0)
+    assert np.all(ds["w"].values == -1.0)
+    np.testing.assert_allclose(ds["risk"].values, 0.0, atol=1e-7)
+    assert problem.config["barrier"] == pytest.approx(0.25)  # U(0) − U(−1)
+
+
+# --------------------------------------------------------------------------- helpers, errors
+
+
+def test_newton_preconditioner_inverts_the_hessian():
+    A = np.array([[2.0, 0.5], [0.5, 1.0]])
+    Pm = P.newton_preconditioner(A)
+    np.testing.assert_allclose(np.asarray(Pm) @ A, np.eye(2), atol=1e-12)
+    assert sl.Optimizer("sgd", preconditioner=Pm).preconditioner == Pm
+
+
+@pytest.mark.parametrize("make,field", [
+    (lambda: P.regularized_two_layer(3, reg=0.1, activation="gelu"), "activation"),
+    (lambda: P.regularized_two_layer(3, reg=0.1, activation="relu"), "activation"),
+    (lambda: P.regularized_two_layer(3, reg=0.1, init="uniform"), "init"),
+    (lambda: P.potential_1d("triple-well"), "kind"),
+    (lambda: P.potential_1d("double-well", noise="levy"), "noise"),
+    (lambda: P.potential_1d(lambda w: w**2, w0=0.0), "bounds"),
+    (lambda: P.potential_1d("double-well", threshold=-1.5), "w0"),
+    (lambda: P.constant_target((1, 0, 1)), r"sizes\[1\]"),
+    (lambda: P.constant_target((1, 4, -2, 1)), r"sizes\[2\]"),
+    (lambda: P.constant_target((2, 4, 1), inputs="gaussian", dead=True), "dead"),
+    (lambda: P.regularized_two_layer(0, reg=0.1), "width"),
+    (lambda: P.du_two_layer(0), "width"),
+    (lambda: P.indicator_target(radius=1.0), "radius"),
+    (lambda: P.indicator_target(radius=0.0), "radius"),
+    (lambda: P.indicator_target(radius=-0.3), "radius"),
+    (lambda: P.indicator_target(model="cnn"), "model"),
+    (lambda: P.indicator_target("mlp", sizes=(3, 4, 1)), "sizes"),
+    (lambda: P.finite_quadratic(1.0, n_data=5, centers_cov=1.0, batch_size=8,
+                                mode="without_replacement"), "batch_size"),
+    (lambda: P.potential_1d(noise="minibatch", n_data=5, batch_size=8,
+                            mode="without_replacement"), "batch_size"),
+    (lambda: P.du_two_layer(4, X=np.ones((3, 2))), "X"),
+    (lambda: P.du_two_layer(4, X=np.eye(3) * 1.001), "X"),
+    (lambda: P.newton_preconditioner([[1.0, 0.0], [0.0, -1.0]]), "A"),
+])
+def test_bad_input_raises_naming_the_field(make, field):
+    with pytest.raises(ValueError, match=f"^{field}") as e:
+        make()
+    assert "=" in str(e.value) and "\n" not in str(e.value)
