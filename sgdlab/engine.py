@@ -784,14 +784,32 @@ def _check_devices(devices: int | None) -> int:
     return devices
 
 
+def _probe_bytes(study: Study, segment: int) -> int:
+    """Bytes per seed of the compiled segment program, from XLA's buffer assignment
+    (arguments + outputs + temporaries) of a probe chunk of two blocks."""
+    b = study.block
+    probe = _Program(study, 2 * b, segment)
+    hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
+    idx, valid = jnp.zeros(2 * b, jnp.int32), jnp.ones(2 * b, bool)
+    carry = jax.eval_shape(probe._init, hp, idx, valid, jnp.uint32(study.seed))
+    m = probe.segment.lower(carry, jnp.int32(0), hp, idx, valid, jnp.uint32(study.seed)) \
+        .compile().memory_analysis()
+    total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes \
+        - m.alias_size_in_bytes
+    return int(total / (2 * b))
+
+
 def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None = None,
-         devices: int | None = None) -> Plan:
+         devices: int | None = None, measure: bool | None = None) -> Plan:
     """Lay a study out in chunks, device shards and segments; estimate the memory.
 
-    The memory per seed is the carried state of one seed (all its grid points:
-    parameters, optimizer state, recorder buffers, data) times 3 (old and new
-    carry, gradients) plus 4 copies of the step's batch per grid point
-    (activations forward and backward). A chunk holds whole blocks of
+    The quick estimate per seed is the carried state of one seed (all its grid
+    points: parameters, optimizer state, recorder buffers, data) times 3 (old and
+    new carry, gradients) plus 4 copies of the step's batch per grid point. It
+    misses the temporaries of observables (a risk on an evaluation sample can
+    dominate), so when memory decides the chunk size (or ``measure=True``, as in
+    ``--dry-run``) the estimate is the compiled program's own buffer sizes, from a
+    probe of two blocks scaled per seed. A chunk holds whole blocks of
     ``study.block`` seeds on each device; the last chunk is padded.
     """
     devices = _check_devices(devices)
@@ -813,6 +831,10 @@ def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None 
     per_seed += 4 * _tree_bytes(batch) * study.n_grid
     per_seed = int(per_seed)
     budget = memory_budget or study.memory_budget or default_memory_budget()
+    fits = per_seed * study.seeds <= budget * devices
+    if measure or (measure is None and not fits and chunk_size is None
+                   and study.chunk_size is None):
+        per_seed = max(per_seed, _probe_bytes(study, segment))
     unit = b * devices  # a chunk is whole blocks on every device
     chunk = chunk_size or study.chunk_size
     if chunk is None:

@@ -315,3 +315,28 @@ def test_jax_cpu_vmapped_matvec_reduction_is_correct():
         return jax.vmap(lambda r: jnp.sum((m @ r) ** 2))(x)
 
     assert float(jax.jit(f)(x)[-1]) == float(f(x)[-1]) == (n - 1) ** 2
+
+
+def test_dry_run_memory_estimate_within_2x_of_the_program_buffers():
+    """The plan's estimate (a probe of two blocks, scaled) against XLA's buffer assignment of
+    the real chunk program (arguments + outputs + temporaries), for a mid-sized run whose
+    risk observable (an evaluation sample through every member) dominates the memory."""
+    problem = sl.problems.mlp_regression((10, 64, 1), target="teacher", inputs="gaussian",
+                                         batch_size=32, reduction="half_mean", n_eval=256)
+    study = sl.Study(problem, sl.Optimizer("momentum"),
+                     {"learning_rate": [0.01, 0.02, 0.03, 0.04], "momentum": 0.9}, steps=200,
+                     seeds=512, observe=sl.Observe(("loss", "risk"), num=10))
+    quick = sl.plan(study)
+    p = sl.plan(study, measure=True)
+    prog = engine._program(study, p.chunk_seeds, p.segment_steps)
+    hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
+    idx, valid = jnp.arange(p.chunk_seeds, dtype=jnp.int32), jnp.ones(p.chunk_seeds, bool)
+    carry = prog.init(hp, idx, valid, jnp.uint32(0))
+    m = prog.segment.lower(carry, jnp.int32(0), hp, idx, valid, jnp.uint32(0)) \
+        .compile().memory_analysis()
+    actual = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+    assert actual / 2 <= p.estimated_bytes <= 2 * actual
+    assert quick.estimated_bytes < p.estimated_bytes  # the quick estimate misses the risk
+    # a budget below the need splits the run into chunks
+    small = sl.plan(study, memory_budget=actual // 3)
+    assert small.chunks >= 3 and small.estimated_bytes <= actual // 3

@@ -431,7 +431,7 @@ def dry_run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | Non
     lines = []
     total = 0
     for sname, study in exp.studies(cfg, seed).items():
-        p = engine.plan(study, memory_budget=memory_budget, devices=devices)
+        p = engine.plan(study, memory_budget=memory_budget, devices=devices, measure=True)
         total += study.n_members * study.steps
         lines.append(f"{sname}: {p.describe()}")
     lines.append(f"total: {total:.3g} member-steps; one compile per study")
