@@ -807,7 +807,7 @@ def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None 
     points: parameters, optimizer state, recorder buffers, data) times 3 (old and
     new carry, gradients) plus 4 copies of the step's batch per grid point. It
     misses the temporaries of observables (a risk on an evaluation sample can
-    dominate), so when memory decides the chunk size (or ``measure=True``, as in
+    dominate), so unless it is 8x below the budget (or ``measure=True``, as in
     ``--dry-run``) the estimate is the compiled program's own buffer sizes, from a
     probe of two blocks scaled per seed. A chunk holds whole blocks of
     ``study.block`` seeds on each device; the last chunk is padded.
@@ -831,8 +831,9 @@ def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None 
     per_seed += 4 * _tree_bytes(batch) * study.n_grid
     per_seed = int(per_seed)
     budget = memory_budget or study.memory_budget or default_memory_budget()
-    fits = per_seed * study.seeds <= budget * devices
-    if measure or (measure is None and not fits and chunk_size is None
+    # the quick estimate can miss several-fold; measure unless it is far below the budget
+    roomy = 8 * per_seed * study.seeds <= budget * devices
+    if measure or (measure is None and not roomy and chunk_size is None
                    and study.chunk_size is None):
         per_seed = max(per_seed, _probe_bytes(study, segment))
     unit = b * devices  # a chunk is whole blocks on every device

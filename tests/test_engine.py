@@ -230,7 +230,7 @@ def test_results_roundtrip_through_zarr_and_refuse_overwrite(tmp_path):
 
 def test_plan_chunks_from_budget():
     study = quadratic_study([0.5, 1.0], seeds=1000, steps=100, burn_in=10, block_seeds=8)
-    p = sl.plan(study, memory_budget=200 * sl.plan(study).bytes_per_seed)
+    p = sl.plan(study, memory_budget=200 * sl.plan(study).bytes_per_seed, measure=False)
     assert p.chunks == 5 and p.chunk_seeds == 200 and p.padded_seeds == 0
     # 300 seeds -> 37 whole blocks of 8; 125 blocks in 4 balanced chunks of 32 blocks
     p = sl.plan(study, chunk_size=300)
