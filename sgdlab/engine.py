@@ -724,7 +724,7 @@ def _shard(prog: _Program, devices: int):
     """
     from jax.sharding import PartitionSpec as P
 
-    mesh = jax.make_mesh((devices,), ("seeds",), devices=jax.devices()[:devices])
+    mesh = jax.make_mesh((devices,), ("seeds",), devices=jax.local_devices()[:devices])
     seeds, rep = P("seeds"), P()
     study = prog.study
     obs_spec = (ObserveState(rep, seeds, seeds, seeds, seeds) if study.observe else None)
@@ -1000,6 +1000,9 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
       progress: show a progress bar (advanced per segment) for runs longer than 2 s.
       chunk_size, memory_budget: override the layout (see :func:`plan`).
       devices: number of local devices to shard the seeds over (default: all).
+        Under ``jax.distributed`` (several processes) each process runs its share
+        of the chunks on its local devices and the results are gathered to every
+        process, bitwise equal to a one-process run.
       checkpoint: a path (or :class:`Checkpoint`) to write checkpoints to at segment
         boundaries; if it holds a checkpoint of the same configuration the run
         resumes from it (bitwise identically), of another configuration it is
@@ -1052,7 +1055,13 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
         ckpt.write(meta, {str(i): ch for i, ch in enumerate(chunks)}, carry,
                    c * study.steps + seg * p.segment_steps)
 
-    for c in range(start_chunk, p.chunks):
+    nproc = jax.process_count()
+    if nproc > 1:
+        if ckpt is not None:
+            fail("checkpoint", ckpt.path, "checkpointing a multi-process run is not supported; "
+                 "run without a checkpoint (or one process per study)")
+        chunks = _run_multiprocess(prog, p, hp, base_seed, bar, study.seeds)
+    for c in range(start_chunk, p.chunks if nproc == 1 else 0):
         idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
         valid = idx < study.seeds
         seed_index, valid_j = jnp.asarray(idx, jnp.int32), jnp.asarray(valid)
@@ -1085,6 +1094,41 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
     bar.close()
     out = _merge_chunks(prog, chunks)
     return results.to_dataset(study, prog, out, p, runtime_s=time.perf_counter() - t_start)
+
+
+def _run_multiprocess(prog: _Program, p: Plan, hp, base_seed, bar: Progress, seeds: int):
+    """Chunks round-robin over ``jax.process_count()`` processes (``jax.distributed``).
+
+    Process ``q`` runs chunks ``q, q + P, q + 2P, ...`` on its local devices; after
+    each round the final carries are gathered to every process
+    (``process_allgather``, the only collective, outside the hot loop) and collected
+    in chunk order, so the result is bitwise that of a single process.
+    """
+    from jax.experimental import multihost_utils
+
+    nproc, pid = jax.process_count(), jax.process_index()
+    chunks = []
+    bar.total = -(-p.chunks // nproc) * p.segments
+    for r in range(-(-p.chunks // nproc)):
+        c = r * nproc + pid  # may be past the last chunk: then all its seeds are padding
+        idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
+        seed_index, valid = jnp.asarray(idx, jnp.int32), jnp.asarray(idx < seeds)
+        carry = prog.init(hp, seed_index, valid, base_seed)
+        for seg in range(p.segments):
+            carry = prog.segment(carry, jnp.int32(seg * p.segment_steps), hp, seed_index, valid,
+                                 base_seed)
+            jax.block_until_ready(carry.members.diverged_step)
+            bar.tick(1, f"round {r + 1}, process {pid + 1}/{nproc}")
+        leaves, treedef = jax.tree_util.tree_flatten(jax.device_get(carry))
+        gathered = [np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=False))
+                    for x in leaves]
+        for q in range(nproc):
+            cq = r * nproc + q
+            if cq < p.chunks:
+                idx_q = np.arange(cq * p.chunk_seeds, (cq + 1) * p.chunk_seeds)
+                carry_q = jax.tree_util.tree_unflatten(treedef, [g[q] for g in gathered])
+                chunks.append(_collect(prog, carry_q, idx_q < seeds))
+    return chunks
 
 
 def _collect(prog: _Program, carry: Carry, valid: np.ndarray) -> dict:

@@ -135,7 +135,8 @@ def _bad_value(param, draw):
     if param.kind in (float, int):
         options += ["abc", "1e999" if param.kind is float else "1.5", "nan", ""]
         if param.low is not None:
-            options.append(repr(param.low - 1.0) if param.kind is float else str(int(param.low) - 1))
+            below = param.low - 1.0
+            options.append(repr(below) if param.kind is float else str(int(below)))
         if param.high is not None:
             options.append(repr(param.high + 1.0))
     elif param.kind is str:
@@ -162,7 +163,8 @@ def malformed_cli(draw):
     return name, [f"{param.name}={_bad_value(param, draw)}"]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=malformed_cli())
 def test_generated_malformed_cli_inputs(case, tmp_path_factory, capsys):
     name, sets = case

@@ -117,7 +117,8 @@ def test_summary_json_is_never_partial(tmp_path):
         summary = {{"experiment": "x", "quantities": [], "blob": "z" * 1_000_000}}
         os.fsync = slow
         print("writing", flush=True)
-        ex._atomic_write_text(ex.Path({str(out)!r}) / "summary.json", __import__("json").dumps(summary))
+        text = __import__("json").dumps(summary)
+        ex._atomic_write_text(ex.Path({str(out)!r}) / "summary.json", text)
     """)
     out.mkdir()
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
