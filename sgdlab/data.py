@@ -11,15 +11,21 @@ A :class:`DataSource` is a pair of pure functions:
   reproduced on its own, and every grid point of a seed sees the same stream
   (common random numbers).
 
-Minibatch modes for a fixed data set of ``N`` examples and batch size ``S``:
+Minibatch modes for a fixed data set of ``N`` examples and batch size ``S`` (the
+``mode`` argument of :func:`fixed`; the papers differ, so it is always named):
 
-* ``"with_replacement"`` -- ``S`` indices i.i.d. uniform on ``{0..N-1}``;
+* ``"with_replacement"`` -- ``S`` indices i.i.d. uniform on ``{0..N-1}``; the
+  minibatch-noise covariance is ``C/S`` (Liu, Ziyin & Ueda 2021, arXiv:2012.03636);
 * ``"without_replacement"`` -- epoch ``e`` is a random permutation (from
   ``fold_in(key, e)``) cut into ``N // S`` consecutive batches; a remainder of
-  ``N mod S`` examples is left out of that epoch;
-* ``"full"`` -- every step uses the whole data set (gradient descent).
+  ``N mod S`` examples is left out of that epoch. Each batch is a uniform random
+  ``S``-subset, so the noise covariance gains the factor ``(N - S)/(N - 1)``
+  (Ziyin, Liu, Mori & Ueda 2022, arXiv:2102.05375);
+* ``"full"`` -- every step uses the whole data set (gradient descent; Du et al.
+  2019, arXiv:1810.02054; Gopalani & Mukherjee 2022, arXiv:2210.11452).
 
-Online sources draw fresh i.i.d. samples every step.
+Online sources (:func:`online`) draw fresh i.i.d. samples every step (Hutzenthaler
+et al. 2021, arXiv:2112.07369; online linear regression in arXiv:2102.05375).
 """
 
 from __future__ import annotations

@@ -227,8 +227,13 @@ class Study:
             if not isinstance(self.observe, Observe):
                 fail("observe", self.observe, "expected an Observe recorder or None")
             self.observe.steps_for(self.steps)
-            for spec in self.observe.observables:
-                _resolve(spec, available, "observe.observables")
+            names = [_resolve(spec, available, "observe.observables")[0]
+                     for spec in self.observe.observables]
+            for n in names:
+                clash = [n + sfx for sfx in ("_mean", "_var", "_n") if n + sfx in names]
+                if clash or names.count(n) > 1:
+                    fail("observe.observables", n, "names must be distinct and not end like "
+                         "another's statistics (" + ", ".join(clash or [n]) + ")")
         if self.stationary is not None:
             st = self.stationary
             if not isinstance(st, Stationary):

@@ -21,7 +21,8 @@ def relu(x: jnp.ndarray) -> jnp.ndarray:
     generalized gradient that takes the derivative of ``max(x, 0)`` at 0 to be 0.
     ``jnp.where(x > 0, x, 0)`` differentiates to exactly that (the ``x > 0``
     branch is not taken at 0), independently of how ``jax.nn.relu`` is defined in
-    a given JAX release; ``tests/test_models.py`` checks it.
+    a given JAX release; ``tests/test_engine.py`` and ``tests/test_problems.py``
+    check it in trained networks.
     """
     return jnp.where(x > 0, x, jnp.zeros_like(x))
 

@@ -304,8 +304,12 @@ def mlp_regression(sizes: Sequence[int], *, activation: str = "relu", target: st
 
 
 def _f(x) -> jnp.ndarray:
-    """A NumPy constant as a JAX array of the current default float dtype (x64 aware)."""
-    return jnp.asarray(np.asarray(x, dtype=float))
+    """A NumPy constant as a JAX array of the current default float dtype (x64 aware).
+
+    The dtype is explicit: jax 0.10.1 may hand back a float64 array for a NumPy
+    constant already converted inside an ``enable_x64`` context, even with x64 off.
+    """
+    return jnp.asarray(np.asarray(x, dtype=float), dtype=jnp.result_type(float))
 
 
 def _reduction_factor(reduction: str) -> float:
@@ -428,6 +432,8 @@ def constant_target(sizes: Sequence[int], *, target_value: float = 0.0, inputs: 
     if output_bias is not None:
         output_bias = finite_float("output_bias", output_bias)
     dead_margin = finite_float("dead_margin", dead_margin, low=0.0, low_open=True)
+    if np.shape(box) != (2,):
+        fail("box", box, "expected a pair (low, high)")
     low, high = (finite_float("box", v) for v in box)
     d = sizes[0]
     sample_x = (data_lib.uniform_box(low, high, d) if inputs == "uniform"
@@ -685,11 +691,13 @@ def indicator_target(model: str = "ramp", *, dim: int = 2, radius: float = 0.5,
 
     Params: ramp ``{"a": scalar}``; mlp ``[(W, b), ...]``.
     Observables: ``pointwise_error`` (max over the kept grid points of
-    ``|f - f°|``), ``pointwise_error_mean`` (their mean), ``l1_error``
+    ``|f - f°|``), ``pointwise_mean_error`` (their mean; not ``pointwise_error_mean``,
+    which the results already use for the ensemble mean of ``pointwise_error``), ``l1_error``
     (``E|f - f°|``: exact for the ramp in the unit ball, else the sample),
     ``risk_se``, and for the ramp ``a``.
     """
     choice("model", model, INDICATOR_MODELS)
+    choice("mode", mode, data_lib.MODES)
     dim = positive_int("dim", dim)
     r = finite_float("radius", radius)
     if not 0.0 < r < 1.0:
@@ -793,7 +801,7 @@ def indicator_target(model: str = "ramp", *, dim: int = 2, radius: float = 0.5,
 
     observables = {
         "pointwise_error": lambda o: jnp.max(grid_err(o)),
-        "pointwise_error_mean": lambda o: jnp.mean(grid_err(o)),
+        "pointwise_mean_error": lambda o: jnp.mean(grid_err(o)),
         "l1_error": l1_error,
         "risk_se": risk_se,
     }
@@ -1160,7 +1168,10 @@ def potential_1d(kind: str | Callable = "double-well", *, curvature: float = 1.0
     noise_var = finite_float("noise_var", noise_var, low=0.0)
     init_scale = finite_float("init_scale", init_scale, low=0.0)
     if callable(kind):
-        lo, hi = (float(v) for v in bounds)
+        try:
+            lo, hi = (float(v) for v in bounds)
+        except (TypeError, ValueError):
+            fail("bounds", bounds, "expected a pair (lo, hi) of numbers")
         if math.isnan(lo) or math.isnan(hi) or not lo < hi:
             fail("bounds", bounds, "expected lo < hi (either may be infinite)")
     elif kind == "sharp-well":
