@@ -1,0 +1,910 @@
+"""Study 5 (escape): how long finite-learning-rate SGD takes to leave a minimum.
+
+Liu, Ziyin & Ueda, "Noise and Fluctuation of Finite Learning Rate Stochastic
+Gradient Descent", ICML 2021 (arXiv:2012.03636), escape section; minibatch noise
+as in Ziyin, Liu, Mori & Ueda, ICLR 2022 (arXiv:2102.05375).
+
+The chain is 1-D SGD ``w_{t+1} = w_t − λ(U'(w_t) + ζ_t)`` in a potential of
+:func:`sgdlab.problems.potential_1d`:
+
+* ``sharp-well``: ``U = a w²/2`` with absorbing walls at ``|w| ≥ wall``, barrier
+  ``ΔL = a·wall²/2``;
+* ``double-well``: ``U = (w² − 1)²/4``, escaped once ``w > threshold``, barrier
+  ``max U`` on ``[−1, threshold]`` (1/4 at the default threshold 0).
+
+Each member starts at ``minimum + start`` and runs until the first step after
+which it is outside the non-escaped region (``FirstPassage("escaped")``,
+frozen there); members still inside after ``max_steps`` are right-censored.
+
+Noise and the temperature. With gradient-noise variance σ² the continuous-time
+temperature is ``T = λσ²/2``. ``barrier_over_temperature`` (x = ΔL/T, a list)
+fixes σ² = 2ΔL/(λx) for every learning rate; ``noise_var > 0`` instead fixes the
+variance of one example's gradient noise (σ² = noise_var/S for a minibatch of S)
+and x then follows per learning rate (``barrier_over_temperature`` is ignored,
+and there is no Arrhenius fit).
+
+* ``batch_size`` 1: Gaussian noise ζ ~ N(0, σ²), added by the engine as its
+  traced ``noise_std`` hyperparameter (the problem itself carries no noise).
+  Because σ depends on both λ and x while the engine's grid is a Cartesian
+  product of named hyperparameters, there is **one study per learning rate**,
+  with ``learning_rate`` fixed and ``noise_std`` swept over the barrier values.
+  Every such study has the same static structure (one problem object, the same
+  shapes and ``max_steps``), so they share one compiled program; member keys
+  depend only on the seed index, so all studies see the same random numbers
+  (common random numbers across λ and x).
+* ``batch_size`` S > 1: minibatch noise, the mean of S draws (with replacement)
+  from ``N_DATA`` fixed per-example tilts whose empirical variance is S·σ²; the
+  noise variance is static in the problem, so each (S, λ, x) is its own study
+  (with ``noise_var`` given: one study per S with λ in the grid).
+
+Summary quantities (checked against exact discrete-time oracles of the same chain
+with the same escape rule; no continuous-time approximation enters a check):
+
+* ``mfpt`` per (λ, x, S): the censored maximum-likelihood mean first-passage time
+  ``Σ times / #escaped`` (:func:`sgdlab.analysis.mean_first_passage`; the plain
+  mean when nobody is censored), with the model-free ratio-estimator standard
+  error. Prediction: the exact mean first-passage time τ of the chain from the
+  Nyström solution of ``τ(x) = 1 + ∫ p(x→y) τ(y) dy``
+  (:func:`sgdlab.theory.mfpt_nystrom_converged`, Gaussian noise) or, for
+  minibatch noise, the same equation with the exact law of the minibatch mean
+  (S-fold convolution of the empirical law of the tilts) solved by collocation
+  with linear interpolation. Step convention: the engine's ``event_step`` is the
+  number of updates after which the walker is first outside the region, which is
+  the τ of the oracle (the walker leaves at step t ≥ 1). The estimator's exact
+  target under censoring at ``c = max_steps`` is ``Σ_{t<c} S(t) / (1 − S(c))``
+  (S the survival function of the chain, computed from the oracle's kernel); it
+  equals τ when censoring is negligible, and it is the prediction compared. With
+  fewer than ``MIN_EVENTS`` escapes there is no measurement and the check fails.
+* ``escape_rate`` per (λ, x, S): the per-step escape probability in the
+  exponential tail. Members still inside after ``t_tail`` steps are followed on
+  (left truncation; residual times right-censored at ``max_steps``) and the rate
+  is the censored exponential/geometric MLE ``#escaped / Σ residual times``
+  (:func:`sgdlab.analysis.exponential_rate_mle`). Prediction: ``1 − ρ`` with ρ
+  the leading eigenvalue of the killed chain (the survival function decays as
+  ρ^t); ``t_tail`` is the step after which the exact hazard is within 10⁻³ of
+  ``1 − ρ``. This tests that escape times are exponential; ``1/τ`` is *not*
+  the tail rate (the start at the minimum adds a transient). With fewer than
+  ``MIN_TAIL_EVENTS`` escapes after ``t_tail`` it is reported without a check.
+* ``arrhenius_slope`` per (λ, S), with three or more barrier values: the weighted
+  fit of ``ln mfpt = a + slope·x`` (:func:`sgdlab.analysis.fit_exponential_rate`,
+  whose rate is −slope) with its 95% interval, against the same weighted fit
+  through the oracle's ln τ at the same x (the exact prediction of what the fit
+  estimates). The barrier values of one learning rate share their random numbers
+  (common random numbers), so their mfpt errors are positively correlated; the
+  slope's standard error and normal 95% interval use the covariance of the ln mfpt
+  estimated member by member (delta method; :func:`slope_se_correlated`), not the
+  independent-errors SE of the fit (kept as ``se_independent``, larger). The
+  summary also holds the continuous-time slope 1 and the sharp-well
+  effective-temperature slope ``(2 − λa)/2`` (:func:`sgdlab.theory.arrhenius_slope`)
+  for comparison: both are approximations and are not checked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.signal
+
+from sgdlab import analysis, engine, theory
+from sgdlab._validate import fail
+from sgdlab.experiments import Experiment, Outcome, Param, quantity, register
+from sgdlab.optim import Optimizer
+from sgdlab.problems import POTENTIALS, potential_1d, potential_fns
+
+N_DATA = 1000
+"""Per-example tilts of the minibatch-noise variant (``batch_size`` > 1)."""
+TAIL_TOL = 1e-3
+"""``t_tail``: the exact hazard stays within this relative distance of 1 − ρ afterwards."""
+ORACLE_TOL = 1e-4
+"""Relative convergence tolerance of the minibatch (lattice) oracle under grid refinement."""
+Z95 = 1.959963984540054
+"""Normal quantile of the 95% slope interval."""
+MIN_EVENTS = 30
+"""Fewest escapes for an ``mfpt`` measurement (fewer: the check fails, run longer)."""
+MIN_TAIL_EVENTS = 30
+"""Fewest escapes after ``t_tail`` for an ``escape_rate`` measurement (fewer: reported
+without a prediction)."""
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _minimum(kind: str) -> float:
+    return 0.0 if kind == "sharp-well" else -1.0
+
+
+def _problem(cfg, noise_var: float = 0.0, batch_size: int = 1):
+    """The potential of ``cfg``: Gaussian (noise added by the engine) or minibatch noise."""
+    kw = dict(curvature=cfg["curvature"], wall=cfg["wall"], threshold=cfg["threshold"],
+              w0=_minimum(cfg["potential"]) + cfg["start"])
+    if batch_size == 1:
+        return potential_1d(cfg["potential"], noise_var=0.0, **kw)
+    return potential_1d(cfg["potential"], noise="minibatch", noise_var=noise_var,
+                        batch_size=batch_size, n_data=N_DATA, **kw)
+
+
+def _barrier(cfg) -> float:
+    return float(_problem(cfg).config["barrier"])
+
+
+def _fixed_noise(cfg) -> bool:
+    return cfg["noise_var"] > 0
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """One (batch size, learning rate, barrier) point of the experiment."""
+
+    S: int
+    i: int            # index of the learning rate
+    j: int            # index of the barrier value (0 with a fixed noise_var)
+    lr: float
+    x: float          # ΔL/T, T = λσ²/2
+    s2: float         # variance σ² of the gradient noise
+
+    @property
+    def coords(self) -> dict:
+        return {"learning_rate": self.lr, "barrier_over_temperature": round(self.x, 6),
+                "batch_size": self.S}
+
+
+def _cells(cfg) -> list[_Cell]:
+    dL = _barrier(cfg)
+    out = []
+    for S in cfg["batch_size"]:
+        for i, lr in enumerate(cfg["learning_rate"]):
+            if _fixed_noise(cfg):
+                s2 = cfg["noise_var"] / S
+                out.append(_Cell(S, i, 0, lr, 2 * dL / (lr * s2), s2))
+            else:
+                for j, x in enumerate(cfg["barrier_over_temperature"]):
+                    out.append(_Cell(S, i, j, lr, x, 2 * dL / (lr * x)))
+    return out
+
+
+def _layout(cfg) -> list[tuple[str, int, float | None, dict, list[tuple[int, int]]]]:
+    """The studies: ``(name, S, per-example noise variance or None, hparams, cells)``.
+
+    ``cells`` lists the (i, j) cell of each flattened grid point, in grid order.
+    """
+    cells = _cells(cfg)
+    lrs = cfg["learning_rate"]
+    out = []
+    for S in cfg["batch_size"]:
+        mine = [c for c in cells if c.S == S]
+        if S == 1 and _fixed_noise(cfg):
+            out.append((f"S{S}", S, None,
+                        {"learning_rate": list(lrs), "noise_std": math.sqrt(mine[0].s2)},
+                        [(c.i, c.j) for c in mine]))
+        elif S == 1:
+            for i, lr in enumerate(lrs):
+                row = [c for c in mine if c.i == i]
+                out.append((f"S{S}_lr{i}", S, None,
+                            {"learning_rate": lr, "noise_std": [math.sqrt(c.s2) for c in row]},
+                            [(c.i, c.j) for c in row]))
+        elif _fixed_noise(cfg):
+            out.append((f"S{S}", S, cfg["noise_var"], {"learning_rate": list(lrs)},
+                        [(c.i, c.j) for c in mine]))
+        else:
+            for c in mine:
+                out.append((f"S{S}_lr{c.i}_b{c.j}", S, S * c.s2, {"learning_rate": c.lr},
+                            [(c.i, c.j)]))
+    return out
+
+
+def _validate(cfg):
+    kind = cfg["potential"]
+    for key in ("learning_rate", "barrier_over_temperature", "batch_size"):
+        if len(set(cfg[key])) != len(cfg[key]):
+            fail(key, cfg[key], "expected distinct values")
+    if kind == "sharp-well":
+        a = cfg["curvature"]
+        bad = [lr for lr in cfg["learning_rate"] if not lr * a < 2]
+        if bad:
+            fail("learning_rate", bad[0], f"the well is unstable unless learning_rate·curvature "
+                 f"< 2 (curvature={a:g})")
+        if not abs(cfg["start"]) < cfg["wall"]:
+            fail("start", cfg["start"], f"the start must lie inside the walls (|start| < "
+                 f"wall={cfg['wall']:g})")
+    else:
+        bad = [lr for lr in cfg["learning_rate"] if not lr < 1]
+        if bad:
+            fail("learning_rate", bad[0], "the double well's minimum (curvature 2) is unstable "
+                 "unless learning_rate < 1")
+        if not cfg["threshold"] > -1:
+            fail("threshold", cfg["threshold"], "must lie above the minimum at w = -1")
+        if not -1 + cfg["start"] < cfg["threshold"]:
+            fail("start", cfg["start"], f"the start -1 + start must lie below the threshold "
+                 f"{cfg['threshold']:g}")
+    if max(cfg["batch_size"]) > N_DATA:
+        fail("batch_size", max(cfg["batch_size"]), f"expected at most N = {N_DATA} (the "
+             "minibatch variant draws from N per-example tilts)")
+
+
+def _studies(cfg, seed):
+    gaussian = _problem(cfg)  # one object: every Gaussian study shares one compile
+    minibatch: dict[tuple[int, float], object] = {}
+    studies = {}
+    for name, S, example_var, hp, _ in _layout(cfg):
+        if S == 1:
+            problem = gaussian
+        else:
+            key = (S, example_var)
+            if key not in minibatch:
+                minibatch[key] = _problem(cfg, example_var, S)
+            problem = minibatch[key]
+        studies[name] = engine.Study(
+            problem, Optimizer("sgd"), hp, steps=cfg["max_steps"], seeds=cfg["seeds"],
+            seed=seed, observe=None, first_passage=engine.FirstPassage("escaped", freeze=True))
+    return studies
+
+
+# --------------------------------------------------------------------------- exact oracles
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """Exact escape statistics of one discrete-time chain (see the module docstring)."""
+
+    tau: float            # mean first-passage time (steps) from the start
+    tau_censored: float   # Σ_{t<c} S(t) / (1 − S(c)): the censored MLE's target at c
+    hazard: float         # 1 − ρ: per-step escape probability in the exponential tail
+    t_tail: int           # the hazard is within TAIL_TOL of 1 − ρ from this step on
+    nodes: int            # quadrature / collocation nodes used
+    t_exact: np.ndarray   # steps 0..T at which the survival was iterated
+    s_exact: np.ndarray   # S(t) there; S(t) = S(T) ρ^(t−T) beyond
+
+    def survival(self, t) -> np.ndarray:
+        t = np.asarray(t, dtype=float)
+        T = self.t_exact[-1]
+        rho = 1.0 - self.hazard
+        inside = np.interp(np.minimum(t, T), self.t_exact, self.s_exact)
+        return np.where(t <= T, inside, self.s_exact[-1] * rho ** np.maximum(t - T, 0.0))
+
+
+def _gauss_legendre(lo, hi, n, order=10):
+    """Composite Gauss–Legendre nodes and weights, as in :func:`theory.mfpt_nystrom`."""
+    panels = max(1, math.ceil(n / order))
+    xg, wg = np.polynomial.legendre.leggauss(order)
+    edges = np.linspace(lo, hi, panels + 1)
+    half = 0.5 * np.diff(edges)
+    mid = 0.5 * (edges[:-1] + edges[1:])
+    return (mid[:, None] + half[:, None] * xg).ravel(), (half[:, None] * wg).ravel()
+
+
+def gaussian_kernel(dU, lr, s2, lo, hi, x0, n):
+    """Nyström discretization of one SGD step with Gaussian noise, killed outside [lo, hi].
+
+    Returns ``(P, k0)``: ``P[i, j] = w_j p(y_i → y_j)`` on the Gauss–Legendre nodes
+    y (the node count of :func:`sgdlab.theory.mfpt_nystrom` for ``n``) and ``k0`` the
+    same row from the start ``x0``; then ``τ(x0) = 1 + k0·(I − P)⁻¹ 1`` and the
+    survival is ``S(t) = k0 Pᵗ⁻¹ 1`` (t ≥ 1).
+    """
+    y, w = _gauss_legendre(lo, hi, n)
+    width = lr * math.sqrt(s2)
+
+    def rows(x):
+        z = (y[None, :] - (x - lr * dU(x))[:, None]) / width
+        return np.exp(-0.5 * z * z) / (width * math.sqrt(2 * math.pi)) * w[None, :]
+
+    return rows(y), rows(np.array([float(x0)]))[0]
+
+
+def lattice_kernel(dU, lr, atoms, probs, lo, hi, x0, m):
+    """One SGD step with a discrete noise law, killed outside [lo, hi], by collocation.
+
+    τ and the survival are represented by their values on ``m + 1`` equispaced
+    nodes of [lo, hi] and interpolated linearly; the noise ζ takes the values
+    ``atoms`` with probabilities ``probs``. Returns ``(P, k0)`` as
+    :func:`gaussian_kernel` does.
+    """
+    nodes = np.linspace(lo, hi, m + 1)
+    h = (hi - lo) / m
+
+    def rows(x):
+        y = (x - lr * dU(x))[:, None] - lr * atoms[None, :]
+        inside = (y >= lo) & (y <= hi)
+        u = np.clip((y - lo) / h, 0.0, m)
+        j = np.minimum(np.floor(u).astype(np.int64), m - 1)
+        f = u - j
+        p = np.where(inside, probs[None, :], 0.0)
+        r = np.broadcast_to(np.arange(x.size)[:, None], y.shape)
+        out = np.zeros((x.size, m + 1))
+        np.add.at(out, (r, j), p * (1 - f))
+        np.add.at(out, (r, j + 1), p * f)
+        return out
+
+    return rows(nodes), rows(np.array([float(x0)]))[0]
+
+
+def _bin(values, weights, lo, spacing, size):
+    """Linear (mean-preserving) binning of point masses onto ``lo + spacing·k``."""
+    u = (values - lo) / spacing
+    k = np.clip(np.floor(u).astype(np.int64), 0, size - 2)
+    f = u - k
+    out = np.zeros(size)
+    np.add.at(out, k, weights * (1 - f))
+    np.add.at(out, k + 1, weights * f)
+    return out
+
+
+def minibatch_noise_law(z, S, per_sd: int = 100):
+    """Law of the mean of S draws with replacement from the values ``z``, on a lattice.
+
+    The empirical law of z is binned (mean-preserving) on spacing sd(z)/(2·per_sd),
+    convolved S times (FFT, binary powers), mapped to the mean and re-binned on
+    spacing sd(mean)/per_sd; atoms below 1e-16 are dropped. Returns ``(atoms, probs)``.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    sd = float(z.std())
+    dz = sd / (2 * per_sd)
+    base = _bin(z, np.full(z.size, 1.0 / z.size), z.min(), dz,
+                int(math.ceil((z.max() - z.min()) / dz)) + 2)
+    law, k = np.array([1.0]), S
+    while k:
+        if k & 1:
+            law = np.clip(scipy.signal.fftconvolve(law, base), 0.0, None)
+        k >>= 1
+        if k:
+            base = np.clip(scipy.signal.fftconvolve(base, base), 0.0, None)
+    mean = (S * z.min() + dz * np.arange(law.size)) / S
+    keep = law > 1e-16 * law.max()
+    mean, law = mean[keep], law[keep] / law[keep].sum()
+    d = sd / math.sqrt(S) / per_sd
+    if d > dz / S:
+        grid_lo = mean.min()
+        size = int(math.ceil((mean.max() - grid_lo) / d)) + 2
+        law = _bin(mean, law, grid_lo, d, size)
+        mean = grid_lo + d * np.arange(size)
+        keep = law > 1e-16 * law.max()
+        mean, law = mean[keep], law[keep] / law[keep].sum()
+    return mean, law
+
+
+def _tau(P, k0) -> float:
+    return 1.0 + float(k0 @ np.linalg.solve(np.eye(P.shape[0]) - P, np.ones(P.shape[0])))
+
+
+def _survival(P, k0, tol: float = 1e-9, max_iter: int = 50000):
+    """``(S, h)``: S(t) = k0·Pᵗ⁻¹·1 for t = 0, 1, ... (S(0) = 1) and the hazards
+    h(t) = 1 − S(t+1)/S(t), iterated until h has converged (power iteration on P)."""
+    v = np.ones(P.shape[0])
+    a = float(k0 @ v)
+    ratios = [a]
+    while a > 0 and len(ratios) <= max_iter:
+        pv = P @ v
+        a_next = float(k0 @ pv)
+        ratios.append(a_next / a)
+        if len(ratios) > 5 and abs(ratios[-1] - ratios[-2]) <= tol * abs(1.0 - ratios[-1]):
+            break
+        top = float(np.max(np.abs(pv)))
+        if not top > 0:
+            break
+        v, a = pv / top, a_next / top
+    else:
+        if a > 0:
+            raise RuntimeError("the survival of the escape oracle did not reach its "
+                               f"exponential tail within {max_iter} steps")
+    ratios = np.array(ratios)
+    with np.errstate(divide="ignore"):
+        s = np.exp(np.concatenate([[0.0], np.cumsum(np.log(ratios))]))
+    return s, 1.0 - ratios
+
+
+def _oracle_from_kernel(P, k0, max_steps: int, nodes: int, tau: float | None = None) -> Oracle:
+    s, h = _survival(P, k0)
+    haz = float(h[-1])
+    rho = 1.0 - haz
+    T = s.size - 1
+    far = np.nonzero(np.abs(h - haz) > TAIL_TOL * haz)[0]
+    t_tail = int(far[-1] + 1) if far.size else 0
+    head = float(np.sum(s[:-1]))
+    tau_sum = head + s[-1] / haz
+    if tau is None:
+        tau = _tau(P, k0)
+    c = max_steps
+    if c <= T:
+        tau_c = float(np.sum(s[:c]) / (1.0 - s[c]))
+    else:
+        tail_c = rho ** (c - T)
+        tau_c = (head + s[-1] * (1.0 - tail_c) / haz) / (1.0 - s[-1] * tail_c)
+    # the power iteration and the linear solve must agree on τ
+    if not abs(tau_sum - tau) <= 1e-6 * tau:
+        raise RuntimeError(f"escape oracle inconsistent: τ = {tau:.8g} by solve, "
+                           f"{tau_sum:.8g} by summing the survival")
+    tau_c *= tau / tau_sum
+    return Oracle(float(tau), float(tau_c), haz, t_tail, nodes, np.arange(T + 1.0), s)
+
+
+def _lower_bound(dU, lr, s2, hi, x0, w_min):
+    """A left bound for a one-sided (double-well) escape that the chain never reaches."""
+    extra = 1.0
+    while extra < 20:
+        a = theory.mfpt_nystrom(dU, lr, s2, w_min - extra, hi, x0=x0)
+        b = theory.mfpt_nystrom(dU, lr, s2, w_min - extra - 0.5, hi, x0=x0)
+        if abs(a - b) <= 1e-10 * abs(b):
+            return w_min - extra
+        extra += 0.5
+    raise RuntimeError("no left bound found for the double-well oracle")
+
+
+def _region(cfg, cell: _Cell):
+    """``(U', lo, hi, x0)``: the chain's drift, non-escaped region and start."""
+    kind = cfg["potential"]
+    _, dU = potential_fns(kind, cfg["curvature"])
+    x0 = _minimum(kind) + cfg["start"]
+    if kind == "sharp-well":
+        return dU, -cfg["wall"], cfg["wall"], x0
+    hi = cfg["threshold"]
+    return dU, _lower_bound(dU, cell.lr, cell.s2, hi, x0, -1.0), hi, x0
+
+
+def oracle(cfg, cell: _Cell) -> Oracle:
+    """The exact escape statistics of the chain of one cell."""
+    dU, lo, hi, x0 = _region(cfg, cell)
+    if cell.S == 1:
+        tau, n, _ = theory.mfpt_nystrom_converged(dU, cell.lr, cell.s2, lo, hi, x0=x0)
+        P, k0 = gaussian_kernel(dU, cell.lr, cell.s2, lo, hi, x0, n)
+        return _oracle_from_kernel(P, k0, cfg["max_steps"], P.shape[0], tau)
+    z = np.asarray(_problem(cfg, cell.S * cell.s2, cell.S).data.init(None), dtype=np.float64)
+    atoms, probs = minibatch_noise_law(z, cell.S)
+    width = cell.lr * math.sqrt(cell.s2)
+    m = 10 * max(20, math.ceil(10 * (hi - lo) / width / 10))
+    prev = None
+    while True:
+        P, k0 = lattice_kernel(dU, cell.lr, atoms, probs, lo, hi, x0, m)
+        tau = _tau(P, k0)
+        if prev is not None and abs(tau - prev) <= ORACLE_TOL * tau:
+            break
+        if m >= 6400:
+            raise RuntimeError(f"minibatch escape oracle not converged at {m} nodes "
+                               f"(last change {abs(tau - prev) / tau:.2g})")
+        prev, m = tau, 2 * m
+    return _oracle_from_kernel(P, k0, cfg["max_steps"], m + 1, tau)
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def _member_times(cfg, datasets) -> dict[tuple[int, int, int], tuple[np.ndarray, ...]]:
+    """``(S, i, j) -> (times, censored, n_diverged)`` for every cell.
+
+    A member's time is its event step, or (censored) ``max_steps``, or (censored)
+    the step it diverged at: it had not escaped by then.
+    """
+    out = {}
+    for name, S, _, _, cells in _layout(cfg):
+        ds = datasets[name]
+        ev = np.asarray(ds.event_step.values).reshape(-1, cfg["seeds"])
+        cens = np.asarray(ds.event_censored.values).reshape(-1, cfg["seeds"])
+        div = np.asarray(ds.diverged_step.values).reshape(-1, cfg["seeds"])
+        steps = int(ds.attrs["steps"])
+        for g, (i, j) in enumerate(cells):
+            dv = div[g] >= 0
+            t = analysis.escape_times(ev[g], cens[g], steps)
+            t = np.where(dv & cens[g], div[g], t)
+            out[(S, i, j)] = (t, cens[g], int(np.sum(dv & cens[g])))
+    return out
+
+
+def _influence(num: np.ndarray, den: np.ndarray) -> tuple[float, np.ndarray]:
+    """``r = Σnum/Σden`` and its per-member influence ψ (delta method), ``r̂ − r ≈ Σψ``.
+
+    ``‖ψ‖`` is the sandwich standard error (with the n/(n − 1) correction); for two
+    ratios over the same members (common random numbers) ``ψ_a·ψ_b`` is their
+    covariance.
+    """
+    n = num.size
+    r = float(num.sum() / den.sum())
+    psi = (num - r * den) / float(den.sum()) * math.sqrt(n / (n - 1))
+    return r, psi
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
+    """``Σnum/Σden`` with its delta-method (sandwich) standard error over members."""
+    r, psi = _influence(num, den)
+    return r, float(np.sqrt(psi @ psi))
+
+
+def measure_mfpt(times, censored) -> tuple[float, float, int]:
+    """Censored MLE of the mean first-passage time, its model-free SE, the escapes.
+
+    The estimate is :func:`sgdlab.analysis.mean_first_passage` (total time at
+    risk over escapes; the plain mean without censoring); the SE is the
+    ratio estimator's delta-method SE, ``std/√n`` without censoring.
+    """
+    escaped = ~np.asarray(censored, dtype=bool)
+    if not escaped.any():
+        return math.nan, math.nan, 0
+    fp = analysis.mean_first_passage(times, censored)
+    _, se = _ratio(np.asarray(times, float), escaped.astype(float))
+    return float(fp.mean), se, int(fp.n_events)
+
+
+def measure_tail_rate(times, censored, t_tail: int) -> tuple[float, float, int]:
+    """Escape rate per step after ``t_tail`` (left-truncated, right-censored MLE).
+
+    Members still inside after ``t_tail`` steps contribute their residual time
+    ``t − t_tail``; the rate is :func:`sgdlab.analysis.exponential_rate_mle` on
+    those (#escapes / Σ residual times: the exact MLE of a geometric per-step
+    hazard) with the ratio estimator's SE.
+    """
+    times = np.asarray(times, float)
+    censored = np.asarray(censored, dtype=bool)
+    alive = times > t_tail
+    r, c = times[alive] - t_tail, censored[alive]
+    if r.size < 2 or (~c).sum() == 0:
+        return math.nan, math.nan, int((~c).sum())
+    mle = analysis.exponential_rate_mle(r, c)
+    _, se = _ratio((~c).astype(float), r)
+    return float(mle.rate), se, int(mle.n_events)
+
+
+def _num(x: float) -> float | None:
+    """A JSON-safe number (None for NaN)."""
+    return float(x) if math.isfinite(x) else None
+
+
+def _fit_slope(x, mean, se):
+    """(slope, se, lo, hi, intercept) of ln mean = a + slope·x (95%), independent errors."""
+    fit = analysis.fit_exponential_rate(x, mean, se)
+    return -fit.estimate, fit.se, -fit.hi, -fit.lo, fit.intercept
+
+
+def slope_se_correlated(x, mean, se, cov_log) -> float:
+    """SE of the weighted-least-squares slope of :func:`_fit_slope` when the ln means
+    have the covariance ``cov_log`` (the weights stay ``(mean/se)²``).
+
+    The slope is linear in y = ln mean: ``slope = c·y`` with c the second row of
+    ``(XᵀWX)⁻¹XᵀW``, X = [1, x], W = diag((mean/se)²); so ``Var = c Σ cᵀ``.
+    """
+    x = np.asarray(x, float)
+    w = (np.asarray(mean, float) / np.asarray(se, float)) ** 2
+    X = np.column_stack([np.ones_like(x), x])
+    c = np.linalg.solve(X.T @ (w[:, None] * X), X.T * w)[1]
+    return float(math.sqrt(c @ np.asarray(cov_log, float) @ c))
+
+
+def _analyze(cfg, datasets) -> Outcome:
+    cells = _cells(cfg)
+    times = _member_times(cfg, datasets)
+    quantities, notes, oracles, influence = [], [], {}, {}
+    rows = []
+    dL = _barrier(cfg)
+    c = cfg["max_steps"]
+    if _fixed_noise(cfg):
+        notes.append(f"noise_var={cfg['noise_var']:g} fixes the noise; barrier_over_temperature "
+                     "is not used (ΔL/T follows per learning rate; no Arrhenius fit)")
+    for cell in cells:
+        orc = oracles[(cell.S, cell.i, cell.j)] = oracle(cfg, cell)
+        t, cens, n_div = times[(cell.S, cell.i, cell.j)]
+        label = ", ".join(f"{k}={v:g}" for k, v in cell.coords.items())
+        if n_div:
+            notes.append(f"{label}: {n_div} members diverged before escaping (censored there)")
+        mfpt, se, n_ev = measure_mfpt(t, cens)
+        if n_ev:
+            influence[(cell.S, cell.i, cell.j)] = _influence(t, (~cens).astype(float))[1] / mfpt
+        n_cens = int(np.sum(cens))
+        note = None
+        if n_ev < MIN_EVENTS:
+            mfpt, se = math.nan, math.nan
+            note = (f"only {n_ev} members escaped within max_steps={c} (need {MIN_EVENTS}): "
+                    "run longer")
+            notes.append(f"{label}: mfpt not measured ({note})")
+        elif n_cens:
+            note = (f"{n_cens} of {t.size} censored at max_steps; the MLE's exact target is "
+                    f"{orc.tau_censored:.5g} (uncensored τ = {orc.tau:.5g})")
+        quantities.append(quantity("mfpt", cell.coords, mfpt, se, orc.tau_censored, note=note))
+        rate, rse, n_tail = measure_tail_rate(t, cens, orc.t_tail)
+        note = (f"escapes after t_tail = {orc.t_tail} steps (residual times); 1/τ = "
+                f"{1 / orc.tau:.5g}")
+        if n_tail < MIN_TAIL_EVENTS:
+            rate, rse = math.nan, math.nan
+            note = (f"only {n_tail} escapes after t_tail = {orc.t_tail} steps (need "
+                    f"{MIN_TAIL_EVENTS}): lower the barrier or raise max_steps/seeds")
+            notes.append(f"{label}: escape_rate not measured ({note})")
+        quantities.append(quantity("escape_rate", cell.coords, rate, rse,
+                                   orc.hazard if math.isfinite(rate) else None, note=note))
+        temps = (theory.arrhenius_sharp_well(cell.lr, cfg["curvature"], cell.s2)
+                 if cfg["potential"] == "sharp-well" else None)
+        rows.append({**cell.coords, "noise_var": cell.s2, "temperature": cell.lr * cell.s2 / 2,
+                     "effective_temperature": None if temps is None else temps.effective,
+                     "tau": orc.tau,
+                     "tau_censored": orc.tau_censored, "hazard": orc.hazard,
+                     "t_tail": orc.t_tail, "nodes": orc.nodes, "mfpt": _num(mfpt),
+                     "mfpt_se": _num(se), "rate": _num(rate), "rate_se": _num(rse),
+                     "censored": n_cens, "diverged": n_div})
+    arrhenius = []
+    xs = cfg["barrier_over_temperature"]
+    if not _fixed_noise(cfg) and len(xs) >= 3:
+        for S in cfg["batch_size"]:
+            for lr in cfg["learning_rate"]:
+                row = [r for r in rows if r["batch_size"] == S and r["learning_rate"] == lr]
+                x = np.array([r["barrier_over_temperature"] for r in row])
+                m = np.array([np.nan if r["mfpt"] is None else r["mfpt"] for r in row])
+                e = np.array([np.nan if r["mfpt_se"] is None else r["mfpt_se"] for r in row])
+                coords = {"learning_rate": lr, "batch_size": S}
+                sharp = (theory.arrhenius_slope(lr, cfg["curvature"])
+                         if cfg["potential"] == "sharp-well" else None)
+                entry = {**coords, "continuous": 1.0, "sharp_well": sharp}
+                if not (np.all(np.isfinite(m)) and np.all(e > 0)):
+                    quantities.append(quantity("arrhenius_slope", coords, math.nan, math.nan,
+                                               None, note="an mfpt is missing"))
+                    arrhenius.append(entry)
+                    continue
+                slope, se_indep, _, _, a = _fit_slope(x, m, e)
+                psi = np.array([influence[(S, r_i, j)] for r_i, j in
+                                ((cfg["learning_rate"].index(lr), j) for j in range(len(x)))])
+                sse = slope_se_correlated(x, m, e, psi @ psi.T)
+                lo, hi = slope - Z95 * sse, slope + Z95 * sse
+                tau_c = np.array([r["tau_censored"] for r in row])
+                pred, _, _, _, a_pred = _fit_slope(x, tau_c, tau_c * e / m)
+                note = f"continuous time: 1; sharp-well T_eff: {sharp:.4g}" if sharp is not None \
+                    else "continuous time: 1 (no closed-form discrete slope for a smooth barrier)"
+                quantities.append(quantity("arrhenius_slope", coords, slope, sse, pred,
+                                           ci=(lo, hi), note=note))
+                entry.update(slope=slope, se=sse, se_independent=se_indep, lo=lo, hi=hi,
+                             intercept=a, predicted=pred, predicted_intercept=a_pred)
+                arrhenius.append(entry)
+    elif not _fixed_noise(cfg):
+        notes.append("fewer than 3 barrier_over_temperature values: no Arrhenius fit")
+    extra = {"barrier": dL, "cells": rows, "arrhenius": arrhenius,
+             "curves": _curves(cfg),
+             "survival": _survival_curves(cfg, cells, oracles)}
+    return Outcome(quantities, notes, extra)
+
+
+def _curves(cfg) -> dict:
+    """Oracle τ on fine grids (Gaussian noise only) for the figures."""
+    out: dict = {"mfpt_vs_lr": [], "mfpt_vs_x": []}
+    if 1 not in cfg["batch_size"]:
+        return out
+    lrs = np.asarray(cfg["learning_rate"])
+    hi_lr = 2 / cfg["curvature"] if cfg["potential"] == "sharp-well" else 1.0
+    grid = np.unique(np.concatenate([lrs, np.geomspace(lrs.min(), lrs.max(), 15)]))
+    grid = grid[grid < hi_lr]
+    dL = _barrier(cfg)
+    if _fixed_noise(cfg):
+        series = [("noise_var", cfg["noise_var"], lambda lr: cfg["noise_var"])]
+    else:
+        series = [("barrier_over_temperature", x, lambda lr, x=x: 2 * dL / (lr * x))
+                  for x in cfg["barrier_over_temperature"]]
+    for key, value, s2_of in series:
+        taus = []
+        for lr in grid:
+            cell = _Cell(1, -1, -1, float(lr), 2 * dL / (lr * s2_of(lr)), s2_of(lr))
+            taus.append(_tau_only(cfg, cell))
+        out["mfpt_vs_lr"].append({key: value, "learning_rate": grid.tolist(), "tau": taus})
+    if not _fixed_noise(cfg) and len(cfg["barrier_over_temperature"]) >= 2:
+        xs = np.asarray(cfg["barrier_over_temperature"])
+        xg = np.linspace(xs.min(), xs.max(), 9)
+        for lr in cfg["learning_rate"]:
+            taus = [_tau_only(cfg, _Cell(1, -1, -1, lr, float(x), 2 * dL / (lr * x)))
+                    for x in xg]
+            out["mfpt_vs_x"].append({"learning_rate": lr, "barrier_over_temperature":
+                                     xg.tolist(), "tau": taus})
+    return out
+
+
+def _tau_only(cfg, cell: _Cell) -> float:
+    dU, lo, hi, x0 = _region(cfg, cell)
+    return theory.mfpt_nystrom_converged(dU, cell.lr, cell.s2, lo, hi, x0=x0)[0]
+
+
+def _survival_picks(cfg, cells) -> list[_Cell]:
+    """A few cells for the survival panel: smallest and largest λ at the middle barrier."""
+    S = cfg["batch_size"][0]
+    j = (len(cfg["barrier_over_temperature"]) // 2) if not _fixed_noise(cfg) else 0
+    mine = [c for c in cells if c.S == S and c.j == j]
+    picks = [mine[0]] if len(mine) == 1 else [mine[0], mine[-1]]
+    if len(mine) >= 4:
+        picks.insert(1, mine[len(mine) // 2])
+    return picks
+
+
+def _survival_curves(cfg, cells, oracles) -> list[dict]:
+    out = []
+    for cell in _survival_picks(cfg, cells):
+        orc = oracles[(cell.S, cell.i, cell.j)]
+        end = min(cfg["max_steps"], math.ceil(5 * orc.tau))
+        t = np.arange(end + 1.0) if end <= 400 else np.unique(np.round(np.linspace(0, end, 200)))
+        out.append({**cell.coords, "tau": orc.tau, "t": t.tolist(),
+                    "survival": orc.survival(t).tolist()})
+    return out
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _figures(results, summary):
+    from matplotlib.figure import Figure
+
+    from sgdlab.plots import plot_survival
+
+    cfg = summary["config"]
+    rows = summary["cells"]
+    fig = Figure(figsize=(12.5, 9.5), layout="constrained")
+    (ax1, ax2), (ax3, ax4) = fig.subplots(2, 2)
+    fixed = _fixed_noise(cfg)
+    sizes = cfg["batch_size"]
+    markers = "osD^v<>"
+
+    # (a) mean escape time vs learning rate
+    key = "noise_var" if fixed else "barrier_over_temperature"
+    levels = [cfg["noise_var"]] if fixed else cfg["barrier_over_temperature"]
+    for k, level in enumerate(levels):
+        for s_idx, S in enumerate(sizes):
+            color = f"C{k}" if len(levels) > 1 else f"C{s_idx}"
+            pts = [r for r in rows if r["batch_size"] == S and
+                   (fixed or r["barrier_over_temperature"] == round(level, 6))]
+            lr = np.array([r["learning_rate"] for r in pts])
+            y = np.array([np.nan if r["mfpt"] is None else r["mfpt"] for r in pts], float)
+            e = np.array([np.nan if r["mfpt_se"] is None else r["mfpt_se"] for r in pts], float)
+            lab = f"ΔL/T = {level:g}" if not fixed else f"noise_var = {level:g}"
+            if len(sizes) > 1:
+                lab += f", S = {S}"
+            ax1.errorbar(lr, y, yerr=2 * e, fmt=markers[s_idx % len(markers)], color=color,
+                         capsize=3, ms=4, label=f"measured, {lab} (±2 SE)")
+            if S != 1:
+                ax1.plot(lr, [r["tau_censored"] for r in pts], ":", color=color, alpha=0.8,
+                         label=f"exact minibatch oracle, {lab}")
+        for cur in summary["curves"]["mfpt_vs_lr"]:
+            if cur[key] == level:
+                lab = "Nyström τ (S = 1)" if fixed else f"Nyström τ, ΔL/T = {level:g}"
+                ax1.plot(cur["learning_rate"], cur["tau"], "-", color=f"C{k}", alpha=0.7,
+                         label=lab)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("learning rate λ")
+    ax1.set_ylabel("mean escape time (SGD steps)")
+    if cfg["potential"] == "sharp-well":
+        where = f"sharp well, a = {cfg['curvature']:g}, wall = {cfg['wall']:g}"
+    else:
+        where = f"double well, threshold = {cfg['threshold']:g}"
+    ax1.set_title(f"{where} (ΔL = {summary['barrier']:.3g}): mean escape time vs λ")
+    ax1.legend(fontsize=7)
+
+    # (b) Arrhenius plot: ln mfpt vs ΔL/T
+    arr = summary.get("arrhenius", [])
+    S0 = sizes[0]
+    if arr:
+        for i, lr in enumerate(cfg["learning_rate"]):
+            color = f"C{i}"
+            pts = [r for r in rows if r["batch_size"] == S0 and r["learning_rate"] == lr]
+            x = np.array([r["barrier_over_temperature"] for r in pts])
+            m = np.array([np.nan if r["mfpt"] is None else r["mfpt"] for r in pts], float)
+            e = np.array([np.nan if r["mfpt_se"] is None else r["mfpt_se"] for r in pts], float)
+            ax2.errorbar(x, np.log(m), yerr=2 * e / m, fmt="o", color=color, capsize=3, ms=4,
+                         label=f"λ = {lr:g} (±2 SE)")
+            fit = next((a for a in arr if a["learning_rate"] == lr and a["batch_size"] == S0
+                        and "slope" in a), None)
+            if fit is not None:
+                xx = np.array([x.min(), x.max()])
+                ax2.plot(xx, fit["intercept"] + fit["slope"] * xx, "--", color=color, lw=1)
+            cur = next((c for c in summary["curves"]["mfpt_vs_x"] if c["learning_rate"] == lr),
+                       None)
+            if cur is not None and S0 == 1:
+                ax2.plot(cur["barrier_over_temperature"], np.log(cur["tau"]), "-", color=color,
+                         alpha=0.5, lw=2.5)
+        ax2.plot([], [], "k--", lw=1, label="weighted fit")
+        if S0 == 1:
+            ax2.plot([], [], "k-", alpha=0.5, lw=2.5, label="Nyström ln τ")
+        ax2.set_xlabel("ΔL/T  (T = λσ²/2)")
+        ax2.set_ylabel("ln(mean escape time / steps)")
+        ax2.set_title("Arrhenius plot" + (f" (S = {S0})" if len(sizes) > 1 else ""))
+        ax2.legend(fontsize=7)
+
+        # (c) fitted slope vs learning rate
+        for s_idx, S in enumerate(sizes):
+            fits = [a for a in arr if a["batch_size"] == S and "slope" in a]
+            lr = np.array([a["learning_rate"] for a in fits])
+            sl = np.array([a["slope"] for a in fits])
+            lo = np.array([a["lo"] for a in fits])
+            hi = np.array([a["hi"] for a in fits])
+            lab = "" if len(sizes) == 1 else f", S = {S}"
+            ax3.errorbar(lr, sl, yerr=[sl - lo, hi - sl], fmt=markers[s_idx % len(markers)],
+                         color=f"C{s_idx}", capsize=3, ms=5, label=f"fitted slope (95% CI){lab}")
+            ax3.plot(lr, [a["predicted"] for a in fits], "x", color="k", ms=8,
+                     label="exact: the same fit through the oracle's ln τ" if s_idx == 0
+                     else None)
+        lr_all = np.array(cfg["learning_rate"])
+        ax3.axhline(1.0, color="0.5", ls=":", label="continuous time: 1")
+        if cfg["potential"] == "sharp-well":
+            a = cfg["curvature"]
+            g = np.linspace(0, min(2 / a, lr_all.max() * 1.1), 100)
+            ax3.plot(g, (2 - g * a) / 2, "--", color="0.3",
+                     label="sharp-well T_eff: (2 − λa)/2")
+        ax3.set_xlabel("learning rate λ")
+        ax3.set_ylabel("d ln τ / d(ΔL/T)")
+        ax3.set_title("Arrhenius slope vs learning rate")
+        ax3.legend(fontsize=7)
+    else:
+        for ax in (ax2, ax3):
+            ax.axis("off")
+            ax.text(0.5, 0.5, "no Arrhenius fit\n(needs ≥ 3 barrier_over_temperature values\n"
+                    "and noise_var = 0)", ha="center", va="center", transform=ax.transAxes)
+
+    # (d) Kaplan–Meier survival in units of τ
+    for k, sv in enumerate(summary["survival"]):
+        row = next(r for r in rows if r["learning_rate"] == sv["learning_rate"]
+                   and r["batch_size"] == sv["batch_size"]
+                   and r["barrier_over_temperature"] == sv["barrier_over_temperature"])
+        name, g = _locate(cfg, row)
+        ds = results[name]
+        ev = np.asarray(ds.event_step.values).reshape(-1, cfg["seeds"])[g]
+        cens = np.asarray(ds.event_censored.values).reshape(-1, cfg["seeds"])[g]
+        t = analysis.escape_times(ev, cens, int(ds.attrs["steps"]))
+        km = analysis.kaplan_meier(t, cens)
+        tau = sv["tau"]
+        km = km._replace(time=km.time / tau, t_max=km.t_max / tau)
+        plot_survival(ax4, km, label=f"Kaplan–Meier, λ = {sv['learning_rate']:g}, "
+                      f"ΔL/T = {sv['barrier_over_temperature']:.3g} (τ = {tau:.3g})")
+        ts = np.asarray(sv["t"])
+        if np.all(np.diff(ts) == 1):  # every step: the exact survival is a step function too
+            ax4.step(ts / tau, sv["survival"], ":", where="post", color=f"C{k}", lw=1.5)
+        else:
+            ax4.plot(ts / tau, sv["survival"], ":", color=f"C{k}", lw=1.5)
+    u = np.linspace(0, 5, 100)
+    ax4.plot(u, np.exp(-u), "--", color="k", lw=1, label="exp(−t/τ)")
+    ax4.plot([], [], ":", color="0.3", label="exact survival of the chain")
+    ax4.set_yscale("log")
+    ax4.set_ylim(3e-3, 1.1)
+    ax4.set_xlim(0, 5)
+    ax4.set_xlabel("t / τ  (τ: exact mean escape time)")
+    ax4.set_ylabel("fraction not yet escaped S(t)")
+    ax4.set_title("escape times are exponential (after a short transient)")
+    ax4.legend(fontsize=7)
+    fig.suptitle("SGD escape from a minimum vs exact discrete-time theory "
+                 "(Liu, Ziyin & Ueda 2021)")
+    return {"escape": fig}
+
+
+def _locate(cfg, row) -> tuple[str, int]:
+    """The study name and flat grid index holding a cell."""
+    i = cfg["learning_rate"].index(row["learning_rate"])
+    cells = [c for c in _cells(cfg) if c.S == row["batch_size"] and c.i == i
+             and round(c.x, 6) == row["barrier_over_temperature"]]
+    target = (cells[0].i, cells[0].j)
+    for name, S, _, _, layout in _layout(cfg):
+        if S == row["batch_size"] and target in layout:
+            return name, layout.index(target)
+    raise KeyError(row)
+
+
+register(Experiment(
+    name="escape", study="5",
+    title="escape time of SGD from a sharp or smooth minimum vs the exact Nyström oracle and "
+          "the Arrhenius law (Liu-Ziyin-Ueda)",
+    params=(
+        Param("potential", str, "sharp-well", "sharp-well: U = a w²/2 with absorbing walls; "
+              "double-well: U = (w²−1)²/4, escaped past threshold", choices=POTENTIALS),
+        Param("curvature", float, 1.0, "a of the sharp well (the double well is fixed)",
+              low=0.0, low_open=True),
+        Param("wall", float, 1.0, "sharp well: escaped once |w| ≥ wall (barrier a·wall²/2)",
+              low=0.0, low_open=True),
+        Param("threshold", float, 0.0, "double well: escaped once w > threshold (0: the "
+              "barrier top)"),
+        Param("start", float, 0.0, "initial position relative to the minimum (w0 = 0 + start "
+              "for the sharp well, −1 + start for the double well)"),
+        Param("learning_rate", float, [0.3, 0.7, 1.1, 1.5], "learning rates λ", list=True,
+              low=0.0, low_open=True),
+        Param("noise_var", float, 0.0, "variance of one example's gradient noise (a batch of "
+              "S has noise_var/S); 0: set it from barrier_over_temperature", low=0.0),
+        Param("barrier_over_temperature", float, [3.0, 4.0, 5.0], "ΔL/T with T = λσ²/2: sets "
+              "σ² = 2ΔL/(λ·value) per learning rate (unused when noise_var > 0)", list=True,
+              low=0.0, low_open=True),
+        Param("batch_size", int, [1], "1: Gaussian gradient noise; S > 1: minibatch noise from "
+              f"{N_DATA} per-example tilts", list=True, low=1),
+        Param("max_steps", int, 2500, "SGD steps at most; members not escaped by then are "
+              "right-censored", low=1),
+        Param("seeds", int, 3000, "members per grid point", low=2),
+    ),
+    presets={
+        "quick": {},
+        "paper": {"learning_rate": [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.3, 1.6, 1.8],
+                  "barrier_over_temperature": [3.0, 4.0, 5.0, 6.0], "batch_size": [1, 4],
+                  "max_steps": 40000, "seeds": 20000},
+    },
+    studies=_studies, analyze=_analyze, figures=_figures, validate=_validate,
+))

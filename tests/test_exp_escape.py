@@ -1,0 +1,188 @@
+"""The escape experiment (study 5): quick preset end to end, the exact oracles, bad input."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from sgdlab import analysis, cli, engine, experiments, theory
+from sgdlab.experiments import escape as E
+from sgdlab.optim import Optimizer
+from sgdlab.problems import potential_1d, potential_fns
+
+
+def _cfg(**overrides):
+    return experiments.get("escape").resolve("quick", overrides)
+
+
+def test_quick_preset_end_to_end(tmp_path, capsys):
+    out = tmp_path / "o"
+    traces = engine.TRACE_COUNT
+    code = cli.main(["run", "escape", "--out", str(out), "--quiet"])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    # every learning rate is its own study, all through one compiled program
+    assert engine.TRACE_COUNT - traces == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / "results.zarr").is_dir()
+    assert (out / "figures" / "escape.png").exists()
+    names = {q["name"] for q in summary["quantities"]}
+    assert names == {"mfpt", "escape_rate", "arrhenius_slope"}
+    assert all(q["pass"] is True for q in summary["quantities"]), stdout
+    assert "passed, 0 failed" in stdout
+    # the measured slopes are far from the continuous-time slope 1 at large λ
+    big = max(a["learning_rate"] for a in summary["arrhenius"])
+    fit = next(a for a in summary["arrhenius"] if a["learning_rate"] == big)
+    assert fit["hi"] < 0.6
+    # the report redraws the figure from the stored run alone
+    (out / "figures" / "escape.png").unlink()
+    assert cli.main(["report", str(out)]) == 0
+    assert (out / "figures" / "escape.png").exists()
+
+
+def test_layout_noise_per_member():
+    """σ = √(2ΔL/(λx)) per grid point; Gaussian studies share one problem object."""
+    cfg = _cfg()
+    studies = experiments.get("escape").studies(cfg, 0)
+    assert list(studies) == [f"S1_lr{i}" for i in range(len(cfg["learning_rate"]))]
+    dL = 0.5 * cfg["curvature"] * cfg["wall"] ** 2
+    for lr, st in zip(cfg["learning_rate"], studies.values(), strict=True):
+        assert float(st.hparams["learning_rate"]) == lr
+        want = [math.sqrt(2 * dL / (lr * x)) for x in cfg["barrier_over_temperature"]]
+        np.testing.assert_allclose(st.hparams["noise_std"], want, rtol=1e-15)
+        assert st.problem is next(iter(studies.values())).problem
+    mixed = experiments.get("escape").studies(_cfg(batch_size=[1, 4], noise_var=2.0), 0)
+    assert list(mixed) == ["S1", "S4"]
+    assert float(mixed["S1"].hparams["noise_std"]) == pytest.approx(math.sqrt(2.0))
+    assert mixed["S4"].problem.config["gradient_noise_var"] == pytest.approx(0.5)
+
+
+def test_step_convention_on_an_exactly_geometric_chain():
+    """With λa = 1 the next position ignores the current one: T is geometric, τ = 1/(1 − p).
+
+    The engine's event_step (updates after which the walker is first outside) must
+    have exactly the oracle's mean: an off-by-one would be 50 standard errors away.
+    """
+    lr, s2 = 1.0, 4.0
+    cfg = _cfg(learning_rate=[lr], noise_var=s2, max_steps=3)
+    stay = erf(cfg["wall"] / (lr * math.sqrt(2 * s2)))
+    orc = E.oracle(cfg, E._cells(cfg)[0])
+    assert orc.tau == pytest.approx(1 / (1 - stay), rel=1e-9)
+    assert orc.hazard == pytest.approx(1 - stay, rel=1e-9)
+    assert orc.t_tail == 0
+    assert orc.tau_censored == pytest.approx(orc.tau, rel=1e-9)  # memoryless: no bias
+    problem = potential_1d("sharp-well", curvature=1.0, wall=1.0)
+    ds = engine.run(engine.Study(problem, Optimizer("sgd"), {"learning_rate": lr,
+                                                             "noise_std": math.sqrt(s2)},
+                                 steps=40, seeds=4000, observe=None,
+                                 first_passage=engine.FirstPassage("escaped")), progress=False)
+    t = ds.event_step.values.ravel()
+    assert t.min() >= 1 and not ds.event_censored.values.any()
+    assert abs(t.mean() - orc.tau) < 4 * t.std(ddof=1) / math.sqrt(t.size)
+
+
+@pytest.mark.parametrize("kind,lo,hi,x0", [("sharp-well", -1.0, 1.0, 0.0),
+                                           ("double-well", -2.5, 0.0, -1.0)])
+def test_gaussian_kernel_reproduces_theory(kind, lo, hi, x0):
+    _, dU = potential_fns(kind, 1.0)
+    lr, s2 = 0.3, 0.8
+    tau, n, _ = theory.mfpt_nystrom_converged(dU, lr, s2, lo, hi, x0=x0)
+    P, k0 = E.gaussian_kernel(dU, lr, s2, lo, hi, x0, n)
+    assert E._tau(P, k0) == pytest.approx(tau, rel=1e-10)
+    s, h = E._survival(P, k0)
+    assert np.sum(s[:-1]) + s[-1] / h[-1] == pytest.approx(tau, rel=1e-7)
+    rho = np.max(np.abs(np.linalg.eigvals(P)))
+    assert h[-1] == pytest.approx(1 - rho, rel=1e-7)
+
+
+def test_lattice_oracle_in_the_gaussian_limit():
+    _, dU = potential_fns("sharp-well", 1.0)
+    lr, s2 = 0.5, 0.5
+    tau = theory.mfpt_nystrom(dU, lr, s2, -1.0, 1.0, x0=0.0)
+    sd = math.sqrt(s2)
+    atoms = np.linspace(-10 * sd, 10 * sd, 1001)
+    probs = np.exp(-0.5 * (atoms / sd) ** 2)
+    P, k0 = E.lattice_kernel(dU, lr, atoms, probs / probs.sum(), -1.0, 1.0, 0.0, 800)
+    assert E._tau(P, k0) == pytest.approx(tau, rel=5e-4)
+
+
+def test_minibatch_noise_law_moments():
+    z = np.random.default_rng(3).standard_normal(500)
+    for S in (1, 4, 16):
+        atoms, probs = E.minibatch_noise_law(z, S)
+        assert probs.sum() == pytest.approx(1.0, abs=1e-12)
+        assert probs @ atoms == pytest.approx(z.mean(), abs=1e-10)
+        var = probs @ (atoms - z.mean()) ** 2
+        assert var == pytest.approx(z.var() / S, rel=3e-4)
+
+
+def test_minibatch_oracle_is_exact_where_the_gaussian_one_is_not():
+    """S = 1 draws from 1000 fixed tilts: non-Gaussian noise escapes ~10% faster here.
+
+    The lattice oracle with the exact noise law agrees with the simulation; the
+    Gaussian Nyström τ of the same variance is many standard errors away.
+    """
+    lr, s2 = 0.5, 0.5
+    problem = potential_1d("sharp-well", noise="minibatch", noise_var=s2, batch_size=1,
+                           n_data=E.N_DATA)
+    atoms, probs = E.minibatch_noise_law(np.asarray(problem.data.init(None), float), 1)
+    _, dU = potential_fns("sharp-well", 1.0)
+    P, k0 = E.lattice_kernel(dU, lr, atoms, probs, -1.0, 1.0, 0.0, 800)
+    tau = E._tau(P, k0)
+    ds = engine.run(engine.Study(problem, Optimizer("sgd"), {"learning_rate": lr}, steps=1000,
+                                 seeds=4000, observe=None,
+                                 first_passage=engine.FirstPassage("escaped")), progress=False)
+    t, c = ds.event_step.values.ravel(), ds.event_censored.values.ravel()
+    mfpt, se, _ = E.measure_mfpt(analysis.escape_times(t, c, 1000), c)
+    assert abs(mfpt - tau) < 4 * se
+    gauss = theory.mfpt_nystrom(dU, lr, s2, -1.0, 1.0, x0=0.0)
+    assert abs(mfpt - gauss) > 6 * se
+
+
+def test_censored_estimators_on_geometric_times():
+    rng = np.random.default_rng(0)
+    h, n, cap = 0.02, 20000, 60
+    t = rng.geometric(h, n).astype(float)
+    # no censoring: the plain mean and its SE
+    mfpt, se, d = E.measure_mfpt(t, np.zeros(n, bool))
+    assert mfpt == pytest.approx(t.mean()) and d == n
+    assert se == pytest.approx(t.std(ddof=1) / math.sqrt(n))
+    # censoring at cap: the geometric MLE is unbiased for 1/h, before and after a truncation
+    cens = t > cap
+    tc = np.minimum(t, cap)
+    mfpt, se, _ = E.measure_mfpt(tc, cens)
+    assert abs(mfpt - 1 / h) < 4 * se
+    rate, rse, _ = E.measure_tail_rate(tc, cens, t_tail=20)
+    assert abs(rate - h) < 4 * rse
+    nan, _, events = E.measure_mfpt(tc, np.ones(n, bool))
+    assert math.isnan(nan) and events == 0
+
+
+@pytest.mark.parametrize("sets,key", [
+    (["learning_rate=0.5,2.5"], "learning_rate"),
+    (["potential=double-well", "learning_rate=0.5,1.2"], "learning_rate"),
+    (["start=1.5"], "start"),
+    (["potential=double-well", "learning_rate=0.5", "threshold=-1.5"], "threshold"),
+    (["batch_size=1,5000"], "batch_size"),
+    (["barrier_over_temperature=3,3,4"], "barrier_over_temperature"),
+    (["potential=triple-well"], "potential"),
+])
+def test_bad_input_is_one_line_exit_2(sets, key, capsys, tmp_path):
+    argv = ["run", "escape", "--out", str(tmp_path / "bad")]
+    for s in sets:
+        argv += ["--set", s]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"sgdlab: error: {key}=")
+
+
+def test_slope_se_reduces_to_the_fit_for_independent_errors():
+    x, m, e = [3.0, 4.0, 5.0], np.array([60.0, 150.0, 360.0]), np.array([1.0, 2.6, 6.6])
+    _, se, *_ = E._fit_slope(x, m, e)
+    assert E.slope_se_correlated(x, m, e, np.diag((e / m) ** 2)) == pytest.approx(se, rel=1e-10)
+    # positively correlated errors (common random numbers) shrink the slope's SE
+    corr = np.full((3, 3), 0.5) + 0.5 * np.eye(3)
+    cov = corr * np.outer(e / m, e / m)
+    assert E.slope_se_correlated(x, m, e, cov) < se
