@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import numpy as np
 import torch
@@ -155,7 +156,7 @@ def eager_loop(model, hps: list[dict], steps: int, stat_burn_in: int | None = No
                         p.sub_(lr * g)
                     if stat_burn_in is not None and t > stat_burn_in:
                         acc = acc + params[0].square().sum()
-            out.append((float(loss), float(acc)))
+            out.append((float(loss.detach()), float(acc)))
         return out
     return run
 
@@ -184,6 +185,37 @@ def vmapped(model, hp: dict, members: int, steps: int, stat_burn_in: int | None 
 
 def set_threads():
     torch.set_num_threads(os.cpu_count() or 1)
+
+
+def best_of_threads(run, probe=None):
+    """``run`` with the faster of 1 and all intra-op threads (recorded as ``.threads``).
+
+    The choice is made by timing ``probe`` (default ``run`` itself) with each setting,
+    alternating, twice.
+    Per-member eager steps are too small to gain from threads, and on a loaded
+    machine torch's thread pool can make small operations many times slower; the
+    baseline gets the better setting.
+    """
+    probe = probe or run
+    n = os.cpu_count() or 1
+    best: dict[int, float] = {}
+    for _ in range(2):  # alternate the settings twice; keep each one's best time
+        for threads in sorted({1, n}):
+            torch.set_num_threads(threads)
+            t0 = time.perf_counter()
+            probe()
+            best[threads] = min(best.get(threads, math.inf), time.perf_counter() - t0)
+    threads = min(best, key=best.get)
+
+    def timed():
+        torch.set_num_threads(threads)
+        try:
+            return run()
+        finally:
+            torch.set_num_threads(n)
+
+    timed.threads = threads
+    return timed
 
 
 def version() -> str:

@@ -498,6 +498,13 @@ class _Program:
             self.event_fn = problem.events[fp.predicate] if isinstance(fp.predicate, str) \
                 else fp.predicate
         self.freeze_on_event = fp is not None and fp.freeze
+        # the gradient norm costs a reduction per member-step: only when something reads it
+        # (a user function might, so it is tracked whenever one is recorded)
+        specs = list(study.observe.observables if study.observe else ()) + \
+            list(study.stationary.observables if study.stationary else ())
+        self.track_grad_norm = any(not isinstance(sp, str) or sp == "grad_norm"
+                                   for sp in specs) or (fp is not None
+                                                        and not isinstance(fp.predicate, str))
         self.noise = "noise_std" in study.hparams
         self.data_axis = None if problem.data.shared else 0
         self.record_steps = study.observe.steps_for(study.steps) if study.observe else None
@@ -533,7 +540,8 @@ class _Program:
             params=_select(keep, params, ms.params),
             opt_state=_select(keep, opt_state, ms.opt_state),
             loss=jnp.where(keep, loss, ms.loss),
-            grad_norm=jnp.where(keep, _norm(grads), ms.grad_norm),
+            grad_norm=jnp.where(keep, _norm(grads), ms.grad_norm) if self.track_grad_norm
+            else ms.grad_norm,
             diverged_step=jnp.where(alive & ~ok, t, ms.diverged_step),
         )
         if self.event_fn is not None:

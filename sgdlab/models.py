@@ -75,7 +75,8 @@ def mlp_init(key: jax.Array, sizes: Sequence[int], init: str = "he",
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         scale = {"he": (2.0 / n_in) ** 0.5, "lecun": (1.0 / n_in) ** 0.5, "normal": 1.0}[init]
         w = scale * jax.random.normal(keys[2 * i], (n_in, n_out))
-        b = bias_scale * jax.random.normal(keys[2 * i + 1], (n_out,))
+        b = (bias_scale * jax.random.normal(keys[2 * i + 1], (n_out,)) if bias_scale
+             else jnp.zeros((n_out,)))
         params.append((w, b))
     return params
 

@@ -57,7 +57,8 @@ class Observation(NamedTuple):
     params: Any
     opt_state: Any
     loss: jnp.ndarray       # minibatch loss of the last step, at the pre-update params
-    grad_norm: jnp.ndarray  # norm of that step's gradient (noise included)
+    grad_norm: jnp.ndarray  # that step's gradient norm (noise included); tracked only when
+    #                         "grad_norm" or a function observable is recorded
     params0: Any            # initial parameters (None unless an observable needs them)
     step: jnp.ndarray       # number of updates done
     hp: Mapping[str, jnp.ndarray]

@@ -1,0 +1,794 @@
+"""Engine throughput against baselines and against the machine's own limits.
+
+Every workload is timed in one process together with its baselines and the two
+physical limits (float32 matmul FLOP/s, ``jax.random.normal`` normals/s), so the
+ratios are comparable even on a loaded machine. Times are wall-clock around
+``jax.block_until_ready``; the first (compiling) run is excluded and reported as
+``compile_s = first − median``; the figure is the median of ``--repeats`` runs.
+Each engine repeat uses a different hyperparameter grid of the same shape, and the
+change of ``sgdlab.engine.TRACE_COUNT`` over the repeats is reported (0 = no
+recompilation).
+
+Throughput is member-steps per second: members (grid points × seeds) × steps /
+seconds. ``fraction`` is the achieved matmul FLOP/s over the measured matmul peak
+(FLOPs counted exactly for the dense layers: forward ``2·B·in·out``, weight
+gradient ``2·B·in·out``, input gradient ``2·B·in·out`` for every layer but the
+first -- about ``6·B·params`` for deep nets), or for the random-number-bound W2
+the normals used per second (one per member-step) over the measured normals/s.
+
+Command line: ``python -m benchmarks --workload W1|...|W5|scaling|all [--quick]
+[--repeats N] [--json FILE]`` (also ``sgdlab bench ...``). ``--json`` writes one
+record for a single workload and a list of records for ``all``. Unless
+``--no-save``, the run also writes ``benchmarks/results/<machine>-<time>.json``,
+the scaling plot and the generated tables of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import glob
+import gzip
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import sgdlab as sl
+from benchmarks import baselines
+from sgdlab import engine
+
+HERE = Path(__file__).resolve().parent
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+SIZES = ("full", "quick", "tiny")
+BEGIN, END = "<!-- bench:tables:begin -->", "<!-- bench:tables:end -->"
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device() -> str:
+    d = jax.devices()[0]
+    kind = getattr(d, "device_kind", d.platform)
+    if d.platform == "cpu":
+        kind = f"{cpu_model()}, {os.cpu_count()} cores"
+    return f"{d.platform}: {kind} x{len(jax.devices())}"
+
+
+def machine() -> str:
+    """A short name for grouping results: ``$SGDLAB_BENCH_MACHINE`` or platform-cores."""
+    name = os.environ.get("SGDLAB_BENCH_MACHINE")
+    if name:
+        return name
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        return f"cpu-{os.cpu_count()}core"
+    return f"{d.platform}-{getattr(d, 'device_kind', '').replace(' ', '_')}"
+
+
+def versions() -> dict[str, str]:
+    import jaxlib
+
+    out = {"sgdlab": sl.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+           "optax": optax.__version__, "numpy": np.__version__,
+           "python": platform.python_version()}
+    try:
+        import torch
+        out["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def wait(x):
+    """Block until every JAX array in ``x`` is computed (other leaves are ready)."""
+    for leaf in jax.tree_util.tree_leaves(x):
+        if isinstance(leaf, jax.Array):
+            leaf.block_until_ready()
+    return x
+
+
+def time_runs(fn: Callable[[int], Any], repeats: int) -> dict:
+    """Run ``fn(0)`` once (warm-up, compiles) then ``fn(1..repeats)``; wall times.
+
+    Returns first, median and all repeat times (seconds); every run is waited for
+    with :func:`wait`.
+    """
+    t0 = time.perf_counter()
+    wait(fn(0))
+    first = time.perf_counter() - t0
+    times = []
+    for r in range(1, repeats + 1):
+        t0 = time.perf_counter()
+        wait(fn(r))
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"first_s": first, "median_s": med, "times_s": times,
+            "compile_s": max(first - med, 0.0)}
+
+
+def measure_limits(size: str, repeats: int) -> dict:
+    """The device's float32 matmul FLOP/s and ``jax.random.normal`` normals/s.
+
+    Matmul: ``n×n @ n×n`` (n = 2048; 512 at size tiny), ``2n³`` FLOPs. Normals: the
+    largest median rate over vectors of 2^18, 2^20 and 2^22 normals (2^16 tiny).
+    """
+    n = 512 if size == "tiny" else 2048
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    b = jax.random.normal(jax.random.key(1), (n, n))
+    mm = jax.jit(jnp.matmul)
+    t = time_runs(lambda r: mm(a, b), max(repeats, 5))
+    flops = 2.0 * n**3 / t["median_s"]
+    rates = {}
+    for e in ((16,) if size == "tiny" else (18, 20, 22)):
+        m = 2**e
+        draw = jax.jit(lambda k, m=m: jax.random.normal(k, (m,)))
+        keys = jax.random.split(jax.random.key(2), max(repeats, 5) + 1)
+        tr = time_runs(lambda r, draw=draw, keys=keys: draw(keys[r]), max(repeats, 5))
+        rates[f"2^{e}"] = m / tr["median_s"]
+    return {"matmul_flops_per_s": flops, "matmul_n": n, "normals_per_s": max(rates.values()),
+            "normals_per_s_by_size": rates}
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+def dense_flops(sizes, batch: int) -> float:
+    """Matmul FLOPs of one SGD step of a dense net: forward, weight and input gradients."""
+    mac = [i * o for i, o in zip(sizes[:-1], sizes[1:], strict=True)]
+    return 2.0 * batch * (2 * sum(mac) + sum(mac[1:]))
+
+
+@dataclass
+class Case:
+    """A workload at one size: the engine study and how to time its baselines."""
+
+    name: str
+    title: str
+    study: sl.Study
+    grid: Callable[[int], dict]       # repeat index -> hparams of the same shape
+    bound: str                        # "matmul" or "rng": the roofline of `fraction`
+    per_member_step: float            # FLOPs (matmul) or normals (rng) per member-step
+    baseline_steps: int
+    loop_members: int
+    torch_model: Callable[[], Any] | None
+    stat: Callable | None = None      # baselines' post-burn-in running sum (W2)
+    burn_in: int = 0
+    components: bool = False
+    torch_steps: int = 10**9          # cap on the PyTorch baselines' steps
+    targets: list[tuple[str, str, float]] = field(default_factory=list)
+    notes: str = ""
+
+
+def _pick(size: str, full, quick, tiny):
+    return {"full": full, "quick": quick, "tiny": tiny}[size]
+
+
+def w1(size: str) -> Case:
+    seeds, steps, bsteps = _pick(size, (256, 2000, 500), (64, 300, 150), (4, 20, 20))
+    sizes, batch = (10, 64, 1), 32
+    problem = sl.problems.mlp_regression(sizes, activation="relu", target="teacher",
+                                         inputs="gaussian", batch_size=batch,
+                                         reduction="half_mean", n_eval=256)
+    lrs = np.geomspace(0.005, 0.05, 8)
+    study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": lrs}, steps=steps,
+                     seeds=seeds, observe=sl.Observe(("loss",), num=5, members=False))
+
+    def torch_model():
+        from benchmarks import torch_baselines as tb
+        return tb.MLP(sizes, batch, "gaussian", "teacher", reduction="half_mean")
+
+    return Case("W1", "two-layer ReLU d=10 width 64, batch 32, online Gaussian inputs, "
+                "8 learning rates", study, lambda r: {"learning_rate": lrs * (1 + 0.01 * r)},
+                "matmul", dense_flops(sizes, batch), bsteps, 8, torch_model, components=True,
+                torch_steps=_pick(size, 200, 50, 20),
+                targets=[("engine / naive_vmap", "ratio:naive_vmap", 3.0),
+                         ("engine / per_seed_loop", "ratio:per_seed_loop", 10.0)])
+
+
+def w2(size: str) -> Case:
+    seeds, steps, bsteps = _pick(size, (10**6, 10**4, 10**3), (10**5, 500, 500),
+                                 (1000, 50, 50))
+    problem = sl.problems.noisy_quadratic(1.0, 1.0)
+    burn = steps // 5
+    study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": 0.1}, steps=steps,
+                     seeds=seeds, observe=None,
+                     stationary=sl.Stationary(("w2",), burn_in=burn, members=False))
+
+    def torch_model():
+        from benchmarks import torch_baselines as tb
+        return tb.Quadratic(1.0, 1.0)
+
+    return Case("W2", "1-D noisy quadratic, stationary statistics of w² only", study,
+                lambda r: {"learning_rate": 0.1 * (1 + 0.01 * r)}, "rng", 1.0, bsteps, 4,
+                torch_model, stat=lambda w: jnp.sum(w**2), burn_in=bsteps // 5,
+                components=True, torch_steps=_pick(size, 200, 100, 50),
+                targets=[("normals used / normals peak", "fraction", 0.5)])
+
+
+def w3(size: str) -> Case:
+    seeds, steps = _pick(size, (64, 200), (64, 10), (4, 3))
+    n, d, m = 100, 100, 1600
+    problem = sl.problems.du_two_layer(m, n_data=n, dim=d)
+    study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": 0.02}, steps=steps,
+                     seeds=seeds, observe=sl.Observe(("loss",), num=5, members=False))
+
+    def torch_model():
+        from benchmarks import torch_baselines as tb
+        return tb.DuTwoLayer(m, n, d)
+
+    # forward X Wᵀ and the weight gradient; the output layer (a fixed) is 2·n·m each way
+    flops = 4.0 * n * d * m + 4.0 * n * m
+    return Case("W3", "Du et al. two-layer ReLU n=d=100, width 1600, full-batch GD", study,
+                lambda r: {"learning_rate": 0.02 * (1 + 0.01 * r)}, "matmul", flops, steps,
+                _pick(size, 8, 4, 2), torch_model)
+
+
+def w4(size: str) -> Case:
+    seeds, steps, bsteps = _pick(size, (1024, 2000, 500), (1024, 300, 100), (4, 20, 20))
+    sizes = (1, 32, 32, 32, 1)
+    problem = sl.problems.constant_target(sizes, target_value=1.0, inputs="uniform",
+                                          batch_size=1, reduction="mean", n_eval=256)
+    alphas = [0.0, 0.5, 1.0, 2.0]
+    study = sl.Study(problem, sl.Optimizer("sgd", schedule="power"),
+                     {"gamma0": 0.01, "alpha": alphas}, steps=steps, seeds=seeds,
+                     observe=sl.Observe(("loss",), num=5, members=False))
+
+    def torch_model():
+        from benchmarks import torch_baselines as tb
+        return tb.MLP(sizes, 1, "uniform", "constant", target_value=1.0, reduction="mean")
+
+    return Case("W4", "deep ReLU 3×32 on a constant target, batch 1, power schedules "
+                "α ∈ {0, ½, 1, 2}", study,
+                lambda r: {"gamma0": 0.01 * (1 + 0.01 * r), "alpha": alphas}, "matmul",
+                dense_flops(sizes, 1), bsteps, 8, torch_model, torch_steps=_pick(size, 200, 50, 20))
+
+
+def w5(size: str) -> Case:
+    seeds, steps = _pick(size, (4, 50), (2, 3), (1, 2))
+    sizes, batch = (64, 1024, 1024, 1), 128
+    problem = sl.problems.mlp_regression(sizes, activation="relu", target="teacher",
+                                         teacher_sizes=(64, 16, 1), inputs="gaussian",
+                                         batch_size=batch, reduction="half_mean", n_eval=256)
+    lrs = np.array([0.001, 0.002, 0.005, 0.01])
+    study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": lrs}, steps=steps,
+                     seeds=seeds, observe=sl.Observe(("loss",), num=5, members=False))
+
+    def torch_model():
+        from benchmarks import torch_baselines as tb
+        return tb.MLP(sizes, batch, "gaussian", "teacher", teacher_sizes=(64, 16, 1),
+                      reduction="half_mean")
+
+    return Case("W5", "wide ReLU net 64-1024-1024-1, batch 128, 4 learning rates", study,
+                lambda r: {"learning_rate": lrs * (1 + 0.01 * r)}, "matmul",
+                dense_flops(sizes, batch), steps, _pick(size, 8, 2, 1), torch_model,
+                components=True, targets=[("matmul FLOP/s / matmul peak", "fraction", 0.4)])
+
+
+BUILDERS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5}
+
+
+# --------------------------------------------------------------------------- components
+
+
+def _short(study: sl.Study, steps: int, **kw) -> sl.Study:
+    st = study.stationary
+    if st is not None and "stationary" not in kw:
+        kw["stationary"] = dataclasses.replace(st, burn_in=steps // 5)
+    return dataclasses.replace(study, steps=steps, **kw)
+
+
+def _rng_only(study: sl.Study, steps: int):
+    """Every seed's batch for ``steps`` steps (the engine draws once per seed)."""
+    problem = study.problem
+    data = baselines.shared_data(problem, study.seed)
+    keys = jax.random.split(jax.random.key(2), study.seeds)
+
+    @jax.jit
+    def run(keys):
+        def body(acc, t):
+            b = jax.vmap(lambda k: problem.data.batch(data, k, t))(keys)
+            return acc + sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(b)), None
+        return jax.lax.scan(body, jnp.zeros(()), jnp.arange(1, steps + 1))[0]
+
+    return lambda r: run(keys)
+
+
+def _update_only(study: sl.Study, steps: int):
+    """Forward, backward and optimizer update of every member on a fixed batch."""
+    problem, opt = study.problem, study.optimizer
+    data = baselines.shared_data(problem, study.seed)
+    s, g = study.seeds, study.n_grid
+    hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
+    keys = jax.random.split(jax.random.key(3), s)
+    params = jax.vmap(problem.init)(keys)
+    params = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x[:, None], (s, g) + x.shape[1:]),
+                                    params)
+    batch = jax.vmap(lambda k: problem.data.batch(data, k, jnp.int32(1)))(keys)
+    state = jax.vmap(jax.vmap(lambda p, h: opt.build(h).init(p)))(
+        params, jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (s, g)), hp))
+
+    @jax.jit
+    def run(params, state, batch):
+        def member(p, st, h, b):
+            loss, grads = jax.value_and_grad(problem.loss)(p, b, h)
+            updates, st = opt.build(h).update(grads, st, p)
+            return optax.apply_updates(p, updates), st
+
+        def body(c, _):
+            f = jax.vmap(jax.vmap(member, in_axes=(0, 0, 0, None)), in_axes=(0, 0, None, 0))
+            return f(c[0], c[1], hp, batch), None
+        return jax.lax.scan(body, (params, state), None, length=steps)[0]
+
+    return lambda r: run(params, state, batch)
+
+
+def components(case: Case, repeats: int, steps: int, engine_s_per_step: float,
+               bare: bool) -> dict:
+    """Seconds per step of the engine's parts at the workload's ensemble size.
+
+    ``rng`` draws every seed's batch (what the engine draws: once per seed);
+    ``update`` is forward, backward and optimizer update of every member on a fixed
+    batch; ``engine`` is the engine as benchmarked (its median run over its steps);
+    with ``bare``, ``engine_bare`` is the engine without recorders (one more compile).
+    ``share`` is over ``engine``; what ``rng + update`` leaves is the engine's own
+    bookkeeping (divergence checks, selects, gradient norm, recorders, loop).
+    """
+    study = case.study
+    parts = {"rng": _rng_only(study, steps), "update": _update_only(study, steps)}
+    if bare:
+        short = _short(study, steps, observe=None, stationary=None, first_passage=None)
+        parts["engine_bare"] = lambda r: sl.run(short, progress=False)
+    out: dict[str, Any] = {}
+    for name, fn in parts.items():
+        t = time_runs(fn, repeats)
+        out[name] = {"s_per_step": t["median_s"] / steps}
+    out["engine"] = {"s_per_step": engine_s_per_step}
+    for v in out.values():
+        v["share"] = v["s_per_step"] / engine_s_per_step
+    out["steps"] = steps
+    return out
+
+
+def profile_ops(study: sl.Study, top: int = 12) -> list[dict]:
+    """The engine's most expensive XLA ops in one (warm) run, from ``jax.profiler``."""
+    sl.run(study, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        jax.profiler.start_trace(tmp)
+        wait(sl.run(study, progress=False))
+        jax.profiler.stop_trace()
+        files = glob.glob(os.path.join(tmp, "plugins", "profile", "*", "*.trace.json.gz"))
+        if not files:
+            return []
+        events = json.load(gzip.open(files[0]))["traceEvents"]
+    agg: dict[str, list[float]] = {}
+    skip = ("ThunkExecutor", "$", "Pjit", "SlinkyThreadPool", "end: ", "while")
+    for e in events:
+        if e.get("ph") != "X" or e["name"].startswith(skip):
+            continue
+        a = agg.setdefault(e["name"], [0, 0.0])
+        a[0] += 1
+        a[1] += e.get("dur", 0.0) / 1e3
+    total = sum(v[1] for v in agg.values()) or 1.0
+    rows = sorted(agg.items(), key=lambda kv: -kv[1][1])[:top]
+    return [{"op": k, "count": int(v[0]), "ms": round(v[1], 2), "share": round(v[1] / total, 3)}
+            for k, v in rows]
+
+
+# --------------------------------------------------------------------------- one workload
+
+
+def _torch():
+    try:
+        from benchmarks import torch_baselines
+    except ImportError as e:
+        return None, f"PyTorch baselines skipped: torch is not importable ({e}); " \
+            "install the optional `bench` extra (torch) to run them"
+    torch_baselines.set_threads()
+    return torch_baselines, None
+
+
+def _quick_limits(limits: dict) -> tuple[float, float]:
+    """One re-measurement of both limits (matmul and the best normals size), for a round."""
+    n = limits["matmul_n"]
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    mm = jax.jit(jnp.matmul)
+    t = time_runs(lambda r: mm(a, a), 2)["median_s"]
+    best = max(limits["normals_per_s_by_size"], key=limits["normals_per_s_by_size"].get)
+    m = 2 ** int(best.split("^")[1])
+    draw = jax.jit(lambda k: jax.random.normal(k, (m,)))
+    keys = jax.random.split(jax.random.key(4), 3)
+    tn = time_runs(lambda r: draw(keys[r]), 2)["median_s"]
+    return 2.0 * n**3 / t, m / tn
+
+
+def run_case(case: Case, size: str, repeats: int, use_torch: bool, profile: bool,
+             log=print) -> dict:
+    """Time one workload: the engine, its baselines and the limits, in interleaved rounds.
+
+    Every implementation is run once to warm up (compile), then ``repeats`` rounds
+    each time the engine (on a new grid of the same shape), every baseline, and the
+    two limits once more. Throughputs are medians over rounds; ratios and fractions
+    are medians of the per-round ratios, so a load that changes during the run
+    affects numerator and denominator alike.
+    """
+    study = case.study
+    limits = measure_limits(size, repeats)
+    members, steps = study.n_members, study.steps
+    load_before = load()
+    plan = sl.plan(study)
+    log(f"{case.name} [{size}] {case.title}: {study.n_grid} grid points × {study.seeds} seeds "
+        f"= {members} members, {steps} steps; limits: matmul "
+        f"{limits['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s, normals "
+        f"{limits['normals_per_s'] / 1e6:.1f} M/s")
+
+    def eng(r):
+        return sl.run(study.with_hparams(**case.grid(r)), progress=False)
+
+    bsteps = case.baseline_steps
+    loop_members = min(case.loop_members, members)
+    jobs: list[tuple[str, Callable, int, int]] = [
+        ("engine", eng, members, steps),
+        ("per_seed_loop", baselines.per_seed_loop(study, bsteps, loop_members, case.stat,
+                                                  case.burn_in), loop_members, bsteps),
+        ("naive_vmap", baselines.naive_vmap(study, bsteps, case.stat, case.burn_in),
+         members, bsteps),
+    ]
+    skipped = None
+    if use_torch and case.torch_model is not None:
+        tb, skipped = _torch()
+        if tb is not None:
+            model = case.torch_model()
+            flat = study.flat_hparams()
+            burn = case.burn_in if case.stat is not None else None
+            hp_m = {k: np.repeat(v, study.seeds) for k, v in flat.items()}
+            stride = max(members // loop_members, 1)
+            hps = [{k: float(v[i * stride]) for k, v in hp_m.items()}
+                   for i in range(min(loop_members, 4))]
+            tsteps = min(bsteps, case.torch_steps)
+            eager = tb.eager_loop(model, hps, tsteps, burn)
+            jobs.append(("torch_eager_loop", tb.best_of_threads(eager), len(hps), tsteps))
+            vm = tb.vmapped(model, hp_m, members, tsteps, burn)
+            probe = tb.vmapped(model, hp_m, members, min(tsteps, 3), burn)
+            jobs.append(("torch_vmap", tb.best_of_threads(vm, probe), members, tsteps))
+    elif not use_torch:
+        skipped = "PyTorch baselines skipped (--no-torch)"
+    if skipped:
+        log("  " + skipped)
+
+    def timed(fn, r):
+        t0 = time.perf_counter()
+        wait(fn(r))
+        return time.perf_counter() - t0
+
+    traces0 = engine.TRACE_COUNT
+    first = {}
+    for name, fn, _, _ in jobs:
+        first[name] = timed(fn if name == "engine" else (lambda r, fn=fn: fn()), 0)
+    traces1 = engine.TRACE_COUNT
+    rounds: dict[str, list[float]] = {name: [] for name, *_ in jobs}
+    lim_rounds = []
+    for r in range(1, repeats + 1):
+        for name, fn, m, s in jobs:
+            t = timed(fn if name == "engine" else (lambda r, fn=fn: fn()), r)
+            rounds[name].append(m * s / t)
+        lim_rounds.append(_quick_limits(limits))
+    traces2 = engine.TRACE_COUNT
+
+    msps = {name: statistics.median(v) for name, v in rounds.items()}
+    engine_msps = msps.pop("engine")
+    med = members * steps / engine_msps
+    compile_s = max(first["engine"] - med, 0.0)
+    log(f"  engine          {engine_msps:10.4g} member-steps/s  (median {med:.3g} s, "
+        f"compile {compile_s:.3g} s, traces: warm-up {traces1 - traces0}, "
+        f"repeats {traces2 - traces1})")
+    base, base_cfg, ratios = {}, {}, {}
+    for name, fn, m, s in jobs[1:]:
+        base[name] = msps[name]
+        ratios[name] = statistics.median(e / b for e, b in zip(rounds["engine"], rounds[name],
+                                                               strict=True))
+        base_cfg[name] = {"members": m, "steps": s, "member_steps_per_s_rounds": rounds[name],
+                          "first_run_s": first[name],
+                          "compile_s": max(first[name] - m * s / msps[name], 0.0)}
+        if hasattr(fn, "threads"):
+            base_cfg[name]["torch_threads"] = fn.threads
+        log(f"  {name:15s} {base[name]:10.4g} member-steps/s  (engine {ratios[name]:.3g}×; "
+            f"{m} members × {s} steps)")
+    if case.bound == "matmul":
+        fr = [e * case.per_member_step / lim[0] for e, lim in zip(rounds["engine"], lim_rounds,
+                                                                   strict=True)]
+    else:
+        fr = [e * case.per_member_step / lim[1] for e, lim in zip(rounds["engine"], lim_rounds,
+                                                                   strict=True)]
+    fraction = statistics.median(fr)
+    peak_mm = statistics.median(x[0] for x in lim_rounds)
+    peak_rng = statistics.median(x[1] for x in lim_rounds)
+    log(f"  roofline        {fraction:.3g} of the measured "
+        f"{'matmul FLOP/s' if case.bound == 'matmul' else 'normals/s'} (rounds: matmul "
+        f"{peak_mm / 1e9:.1f} GFLOP/s, normals {peak_rng / 1e6:.1f} M/s)")
+
+    rec: dict[str, Any] = {
+        "workload": case.name, "title": case.title, "device": device(),
+        "versions": versions(), "size": size, "quick": size != "full",
+        "members": members, "grid_points": study.n_grid, "seeds": study.seeds, "steps": steps,
+        "member_steps_per_s": engine_msps, "compile_s": compile_s,
+        "member_steps_per_s_rounds": rounds["engine"], "first_run_s": first["engine"],
+        "trace_count_delta": {"warmup": traces1 - traces0, "repeats": traces2 - traces1},
+        "plan": plan.describe(),
+        "baselines": base, "baseline_config": base_cfg, "ratios": ratios,
+        "roofline": {"matmul_flops_per_s": peak_mm, "normals_per_s": peak_rng,
+                     "fraction": fraction, "bound": case.bound,
+                     "per_member_step": case.per_member_step, "fraction_rounds": fr,
+                     "limits_at_start": limits},
+        "notes": case.notes, "skipped": skipped,
+    }
+    if case.components and size != "tiny":
+        rec["components"] = components(case, repeats, min(steps, 200), med / steps, profile)
+        log("  components (s/step, share of engine): " + ", ".join(
+            f"{k} {v['s_per_step']:.3g} ({v['share']:.2f})"
+            for k, v in rec["components"].items() if isinstance(v, dict)))
+    if profile:
+        rec["profile"] = profile_ops(_short(study, min(steps, 200)))
+        for row in rec["profile"][:8]:
+            log(f"    {row['share']:6.1%} {row['ms']:9.1f} ms  {row['op']}")
+    targets = []
+    for what, key, want in case.targets:
+        got = fraction if key == "fraction" else ratios.get(key.split(":", 1)[1])
+        targets.append({"what": what, "target": want, "measured": got,
+                        "met": got is not None and got >= want})
+    targets.append({"what": "recompilations across grids of the same shape", "target": 0,
+                    "measured": traces2 - traces1, "met": traces2 == traces1})
+    rec["targets"] = targets
+    rec["load"] = {"before": load_before, "after": load()}
+    return rec
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+def scaling(size: str, repeats: int, log=print) -> dict:
+    """Member-steps/s of the W1 problem against the ensemble size (8 learning rates)."""
+    seeds_list, steps = _pick(size, ([1, 8, 64, 256], 200), ([1, 8, 64], 100),
+                              ([1, 2], 10))
+    base = w1("tiny" if size == "tiny" else "quick").study
+    out: dict[str, Any] = {"steps": steps, "members": [], "engine": [], "naive_vmap": []}
+    for s in seeds_list:
+        study = dataclasses.replace(base, seeds=s, steps=steps)
+        m = study.n_members
+        te = time_runs(lambda r, st=study: sl.run(st, progress=False), repeats)
+        naive = baselines.naive_vmap(study, steps)
+        tn = time_runs(lambda r, f=naive: f(), repeats)
+        out["members"].append(m)
+        out["engine"].append(m * steps / te["median_s"])
+        out["naive_vmap"].append(m * steps / tn["median_s"])
+        log(f"  scaling {m:6d} members: engine {out['engine'][-1]:.4g}, naive "
+            f"{out['naive_vmap'][-1]:.4g} member-steps/s")
+    study = dataclasses.replace(base, seeds=seeds_list[-1], steps=steps)
+    loop = baselines.per_seed_loop(study, steps, 8)
+    tl = time_runs(lambda r: loop(), repeats)
+    out["per_seed_loop"] = 8 * steps / tl["median_s"]
+    return out
+
+
+def plot_scaling(sc: dict, path: Path, title: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    m = sc["members"]
+    ax.loglog(m, sc["engine"], "o-", label="sgdlab engine")
+    ax.loglog(m, sc["naive_vmap"], "s--", label="naive jit(vmap(scan))")
+    if "torch_vmap" in sc:
+        ax.loglog(m, sc["torch_vmap"], "^:", label="torch.func.vmap")
+    ax.axhline(sc["per_seed_loop"], color="gray", ls="-.", label="per-seed loop of jit(scan)")
+    ax.set_xlabel("ensemble size (members = 8 learning rates × seeds)")
+    ax.set_ylabel("member-steps / s")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _g(x) -> str:
+    return "—" if x is None else f"{x:.3g}"
+
+
+def table(records: list[dict]) -> str:
+    """The summary table (Markdown, also printed on stdout)."""
+    names = ["per_seed_loop", "naive_vmap", "torch_eager_loop", "torch_vmap"]
+    head = ("| workload | size | members × steps | engine member-steps/s | compile s | "
+            + " | ".join(f"{n} (engine ×)" for n in names)
+            + " | roofline fraction | retraces | load |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in records:
+        cells = []
+        for n in names:
+            v = r["baselines"].get(n)
+            cells.append("—" if v is None else f"{v:.3g} ({r['ratios'][n]:.3g}×)")
+        rf = r["roofline"]
+        lines.append(
+            f"| {r['workload']} | {r['size']} | {r['members']} × {r['steps']} | "
+            f"{r['member_steps_per_s']:.3g} | {r['compile_s']:.2g} | " + " | ".join(cells)
+            + f" | {rf['fraction']:.3g} ({rf['bound']}) | {r['trace_count_delta']['repeats']}"
+            f" | {r['load']['before'][0]:.1f} |")
+    return "\n".join(lines)
+
+
+def targets_table(records: list[dict]) -> str:
+    lines = ["| workload | target | wanted | measured | met |", "|---|---|---|---|---|"]
+    for r in records:
+        for t in r["targets"]:
+            lines.append(f"| {r['workload']} ({r['size']}) | {t['what']} | ≥ {t['target']}"
+                         if t["target"] else f"| {r['workload']} ({r['size']}) | {t['what']} | 0")
+            lines[-1] += f" | {_g(t['measured'])} | {'yes' if t['met'] else '**no**'} |"
+    return "\n".join(lines)
+
+
+def update_results_md(results_dir: Path, md: Path):
+    """Regenerate the tables of RESULTS.md: the latest record per workload and size, per machine."""
+    latest: dict[str, dict[tuple[str, str], tuple[str, dict]]] = {}
+    extra: dict[str, dict] = {}
+    for f in sorted(results_dir.glob("*.json")):
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        mach = doc.get("machine", "unknown")
+        for r in doc.get("records", []):
+            latest.setdefault(mach, {})[(r["workload"], r["size"])] = (doc["created"], r)
+        extra.setdefault(mach, {})
+        extra[mach]["limits"] = doc.get("limits", extra[mach].get("limits"))
+        extra[mach]["device"] = doc.get("device")
+        extra[mach]["versions"] = doc.get("versions")
+        if "scaling" in doc:
+            extra[mach]["scaling"] = doc["scaling"]
+    parts = [BEGIN, "", "_Generated by `python -m benchmarks` from `benchmarks/results/*.json`;"
+             " do not edit between the markers._", ""]
+    for mach in sorted(latest):
+        recs = [r for _, r in sorted(latest[mach].values(), key=lambda x: (x[1]["workload"],
+                                                                             x[1]["size"]))]
+        e = extra[mach]
+        lim = e.get("limits") or {}
+        when = max(c for c, _ in latest[mach].values())
+        parts += [f"### {mach}", "",
+                  f"{e.get('device')}; latest run {when}; versions "
+                  + ", ".join(f"{k} {v}" for k, v in (e.get("versions") or {}).items()), "",
+                  f"Measured limits: matmul {lim.get('matmul_flops_per_s', 0) / 1e9:.1f} GFLOP/s"
+                  f" (float32 {lim.get('matmul_n')}²), normals "
+                  f"{lim.get('normals_per_s', 0) / 1e6:.1f} M/s (jax.random.normal).", "",
+                  table(recs), "", targets_table(recs), ""]
+        if "scaling" in e:
+            parts += [f"![member-steps/s vs ensemble size](results/scaling-{mach}.png)", ""]
+    parts.append(END)
+    text = md.read_text() if md.exists() else "# Benchmark results\n\n" + BEGIN + "\n" + END + "\n"
+    if BEGIN in text and END in text:
+        pre, rest = text.split(BEGIN, 1)
+        post = rest.split(END, 1)[1]
+        text = pre + "\n".join(parts) + post
+    else:
+        text = text.rstrip() + "\n\n" + "\n".join(parts) + "\n"
+    md.write_text(text)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Time the sgdlab engine against its baselines and the machine's limits.")
+    p.add_argument("--workload", default="all",
+                   choices=(*WORKLOADS, "scaling", "all"),
+                   help="W1..W5, scaling (member-steps/s vs ensemble size), or all")
+    p.add_argument("--quick", action="store_true",
+                   help="the reduced sizes for a 2-core CPU (same as --size quick)")
+    p.add_argument("--size", choices=SIZES, default=None,
+                   help="full (the issue's sizes), quick, or tiny (smoke test)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up (≥ 1)")
+    p.add_argument("--json", metavar="FILE",
+                   help="write the record (a list of records for 'all') to FILE")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
+    p.add_argument("--profile", action="store_true",
+                   help="add the engine's top XLA ops from a jax.profiler trace")
+    p.add_argument("--no-save", action="store_true",
+                   help="do not write benchmarks/results/, the plot or RESULTS.md")
+    p.add_argument("--results-dir", default=str(HERE / "results"), metavar="DIR")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks; returns the exit status (0 ok, 2 usage error)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    if args.repeats < 1:
+        print("benchmarks: error: --repeats must be ≥ 1", file=sys.stderr)
+        return 2
+    size = args.size or ("quick" if args.quick else "full")
+    use_torch = not args.no_torch
+    started = time.perf_counter()
+    created = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"sgdlab benchmarks on {device()} ({machine()}), size {size}, repeats {args.repeats}, "
+          f"load {load()}", flush=True)
+    if size != "full":
+        print(f"  size {size}: reduced members/steps (see each line); ratios and fractions are "
+              "at these sizes", flush=True)
+    limits = measure_limits(size, args.repeats)
+
+    names = WORKLOADS if args.workload == "all" else (
+        () if args.workload == "scaling" else (args.workload,))
+    records = []
+    for name in names:
+        case = BUILDERS[name](size)
+        records.append(run_case(case, size, args.repeats, use_torch, args.profile,
+                                log=lambda s: print(s, flush=True)))
+    sc = None
+    if args.workload in ("all", "scaling"):
+        print("scaling (W1 problem):", flush=True)
+        sc = scaling(size, args.repeats, log=lambda s: print(s, flush=True))
+    if records:
+        print()
+        print(table(records))
+        print()
+        print(targets_table(records))
+    print(f"\ntotal {time.perf_counter() - started:.0f} s, load {load()}")
+
+    if args.json:
+        payload = records if args.workload == "all" else (records[0] if records else sc)
+        Path(args.json).write_text(json.dumps(payload, indent=1, default=float))
+    if not args.no_save:
+        rdir = Path(args.results_dir)
+        rdir.mkdir(parents=True, exist_ok=True)
+        stamp = created.replace(":", "").replace("-", "")
+        doc = {"machine": machine(), "device": device(), "cpu": cpu_model(),
+               "cores": os.cpu_count(), "versions": versions(), "created": created,
+               "argv": list(argv if argv is not None else sys.argv[1:]), "size": size,
+               "repeats": args.repeats, "limits": limits, "records": records}
+        if sc is not None:
+            doc["scaling"] = sc
+            plot_scaling(sc, rdir / f"scaling-{machine()}.png",
+                         f"W1 problem, {sc['steps']} steps, {device()}")
+        out = rdir / f"{machine()}-{stamp}-{args.workload}-{size}.json"
+        out.write_text(json.dumps(doc, indent=1, default=float))
+        if Path(args.results_dir).resolve() == (HERE / "results").resolve():
+            update_results_md(rdir, HERE / "RESULTS.md")
+        print(f"wrote {out}")
+    return 0
