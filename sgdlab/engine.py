@@ -881,6 +881,11 @@ def request_stop(*_):
     _STOP["requested"] = True
 
 
+def clear_stop() -> None:
+    """Forget a stop request (at the start and end of a run)."""
+    _STOP["requested"] = False
+
+
 class Progress:
     """A one-line progress bar on stderr, shown once a run has taken > 2 s."""
 
@@ -946,13 +951,14 @@ def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
     return out
 
 
-def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The differing keys of two nested configurations, as ``key: old -> new`` lines."""
     keys = sorted(set(a) | set(b))
     diff = []
     for k in keys:
         va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
         if isinstance(va, dict) and isinstance(vb, dict):
-            diff += _config_diff(va, vb, f"{prefix}{k}.")
+            diff += config_diff(va, vb, f"{prefix}{k}.")
         elif va != vb:
             diff.append(f"{prefix}{k}: {va!r} -> {vb!r}")
     return diff
@@ -1034,7 +1040,7 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
     state = ckpt.read() if ckpt is not None else None
     if state is not None:
         meta = state[0]
-        diff = _config_diff(meta["config"], config)
+        diff = config_diff(meta["config"], config)
         if diff:
             fail("checkpoint", ckpt.path, "it belongs to a different configuration ("
                  + "; ".join(diff) + "); use another output or --force")

@@ -122,7 +122,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Pa
     try:
         store = tmp / "store.zarr"
         ds.to_zarr(store, mode="w", consolidated=False)
-        _fsync_tree(store)
+        fsync_tree(store)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():
@@ -137,7 +137,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Pa
     return path
 
 
-def _fsync_tree(root: Path) -> None:
+def fsync_tree(root: Path) -> None:
     for dirpath, _, files in os.walk(root):
         for f in files:
             fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)

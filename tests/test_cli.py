@@ -28,10 +28,15 @@ def test_list_names_every_experiment(capsys):
 def check_outputs(out_dir):
     summary = json.loads((out_dir / "summary.json").read_text())
     for key in ("experiment", "preset", "config", "device", "versions", "runtime_s",
-                "quantities"):
+                "quantities", "summary_format", "checks"):
         assert key in summary
+    assert summary["summary_format"] == experiments.SUMMARY_FORMAT
+    assert summary["checks"]["n"] == sum(q["criterion"] is not None
+                                         for q in summary["quantities"])
     for q in summary["quantities"]:
-        assert set(q) >= {"name", "coords", "value", "se", "predicted", "z", "pass"}
+        assert set(q) >= {"name", "coords", "value", "se", "predicted", "z", "pass", "criterion",
+                          "lo", "hi", "oracle", "fails_run"}
+        assert (q["criterion"] is None) == (q["predicted"] is None)
     assert (out_dir / "results.zarr").is_dir()
     pngs = list((out_dir / "figures").glob("*.png"))
     assert pngs and all(p.with_suffix(".pdf").exists() for p in pngs)

@@ -157,7 +157,7 @@ def test_engine_checkpoint_resume_in_process(tmp_path):
             sl.run(study, progress=False, checkpoint=ckpt)
     finally:
         sl.engine.Progress.tick = real
-        sl.engine._STOP["requested"] = False
+        sl.engine.clear_stop()
     meta = ckpt.read()[0]
     assert (meta["chunk"], meta["segment"]) == (1, 13)
     resumed = sl.run(study, progress=False, checkpoint=ckpt)

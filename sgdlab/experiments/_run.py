@@ -1,0 +1,287 @@
+"""Running an experiment: checkpointed studies, outputs written atomically, reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sgdlab._validate import fail
+from sgdlab.experiments._registry import get
+from sgdlab.experiments._verdict import SUMMARY_FORMAT, finalize, plain
+
+
+@dataclass
+class Context:
+    """Run-time options of an experiment run.
+
+    Studies run through :meth:`run_study`, which checkpoints them under
+    ``checkpoint_dir`` (when the run has an output directory) and reuses the
+    results of studies an interrupted run already finished.
+    """
+
+    seed: int = 0
+    progress: bool = True
+    preset: str = "quick"
+    checkpoint_dir: Path | None = None
+    checkpoint_seconds: float = 60.0
+    checkpoint_steps: int | None = None
+    devices: int | None = None
+    memory_budget: int | None = None
+    log: Callable[[str], None] = print
+
+    def run_study(self, study, name: str = "main"):
+        """Run (or resume, or reload) one study of this experiment."""
+        from sgdlab import engine, results
+
+        if self.checkpoint_dir is None:
+            return engine.run(study, progress=self.progress, devices=self.devices,
+                              memory_budget=self.memory_budget)
+        done = self.checkpoint_dir / f"{name}.done.zarr"
+        if done.exists():
+            ds = results.load(done)
+            diff = engine.config_diff(json.loads(ds.attrs["sgdlab_config"]), study.describe())
+            if not diff:
+                self.log(f"[sgdlab] {name}: reusing the finished study from the interrupted run")
+                return ds
+            shutil.rmtree(done)
+        ckpt = engine.Checkpoint(self.checkpoint_dir / f"{name}.ckpt.npz",
+                                 every_seconds=self.checkpoint_seconds,
+                                 every_steps=self.checkpoint_steps)
+        if os.path.exists(ckpt.path):
+            self.log(f"[sgdlab] {name}: resuming from its checkpoint")
+        ds = engine.run(study, progress=self.progress, devices=self.devices,
+                        memory_budget=self.memory_budget, checkpoint=ckpt)
+        results.save(ds, done, overwrite=True)
+        if os.path.exists(ckpt.path):
+            os.unlink(ckpt.path)
+        return ds
+
+
+STATE = ".sgdlab-state"
+"""Subdirectory of an output directory holding an unfinished run's checkpoints."""
+
+
+def run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = None, *,
+        config_file=None, set_strings: Sequence[str] = (), out: str | os.PathLike | None = None,
+        force: bool = False, seed: int = 0, progress: bool = True, devices: int | None = None,
+        memory_budget: int | None = None, checkpoint_seconds: float = 60.0,
+        checkpoint_steps: int | None = None, log: Callable[[str], None] = print):
+    """Run an experiment; return ``(summary, results, figures)``.
+
+    With ``out`` the results are written there: ``results.zarr`` (one group per
+    dataset), ``summary.json`` and ``figures/*.png|pdf``, each appearing complete
+    or not at all. While running, checkpoints go to ``out/.sgdlab-state/``; an
+    unfinished run in ``out`` with the same configuration is resumed (bitwise
+    identically), one with another configuration is refused naming the differing
+    keys; a finished run is returned as stored unless ``force``. SIGINT/SIGTERM
+    stop the run at the next segment boundary after writing a checkpoint
+    (:class:`sgdlab.engine.Interrupted` is raised).
+    """
+    import signal
+
+    import jax
+
+    from sgdlab import engine
+
+    exp = get(name)
+    cfg = exp.resolve(preset, overrides, config_file, set_strings)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        fail("seed", seed, "expected a non-negative integer")
+    identity = {"experiment": name, "preset": preset, "config": cfg, "seed": seed,
+                "x64": bool(jax.config.jax_enable_x64)}
+    out_path = Path(out) if out is not None else None
+    ctx = Context(seed=seed, progress=progress, preset=preset, devices=devices,
+                  memory_budget=memory_budget, checkpoint_seconds=checkpoint_seconds,
+                  checkpoint_steps=checkpoint_steps, log=log)
+    if out_path is not None:
+        finished = _prepare_out(out_path, identity, force, log)
+        if finished is not None:
+            return finished
+        ctx.checkpoint_dir = out_path / STATE
+    t0 = time.perf_counter()
+    handlers = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, engine.request_stop)
+    except ValueError:  # not the main thread: no signal handling
+        pass
+    engine.clear_stop()
+    try:
+        studies = exp.studies(cfg, seed)
+        datasets = {}
+        for i, (sname, study) in enumerate(studies.items()):
+            if len(studies) > 1:
+                log(f"[sgdlab] study {i + 1}/{len(studies)}: {sname}")
+            datasets[sname] = ctx.run_study(study, sname)
+        outcome = exp.analyze(cfg, datasets)
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+        engine.clear_stop()
+    summary = {
+        "experiment": name, "preset": preset, "config": cfg, "seed": seed,
+        "device": engine.device_description(), "versions": engine.versions(),
+        "x64": identity["x64"], "runtime_s": time.perf_counter() - t0,
+        "summary_format": SUMMARY_FORMAT, "checks": finalize(outcome.quantities),
+        "quantities": outcome.quantities, "notes": outcome.notes, **outcome.extra,
+    }
+    figures = exp.figures(datasets, summary)
+    if out_path is not None:
+        write_outputs(out_path, datasets, summary, figures, force=force)
+        shutil.rmtree(out_path / STATE, ignore_errors=True)
+    return summary, datasets, figures
+
+
+def dry_run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = None, *,
+            config_file=None, set_strings: Sequence[str] = (), seed: int = 0,
+            devices: int | None = None, memory_budget: int | None = None) -> list[str]:
+    """The plan of every study of a run (members, chunks, devices, memory), computing nothing."""
+    from sgdlab import engine
+
+    exp = get(name)
+    cfg = exp.resolve(preset, overrides, config_file, set_strings)
+    lines = []
+    total = 0
+    for sname, study in exp.studies(cfg, seed).items():
+        p = engine.plan(study, memory_budget=memory_budget, devices=devices, measure=True)
+        total += study.n_members * study.steps
+        lines.append(f"{sname}: {p.describe()}")
+    lines.append(f"total: {total:.3g} member-steps; one compile per study")
+    return lines
+
+
+def _prepare_out(path: Path, identity: dict, force: bool, log):
+    """Check an output directory; return a finished run's outputs if it is to be reused."""
+    if path.exists() and not path.is_dir():
+        fail("--out", str(path), "exists and is not a directory")
+    state = path / STATE
+    if force:
+        shutil.rmtree(state, ignore_errors=True)
+    if (path / "summary.json").exists() and not force:
+        summary, results = load_run(path)
+        stored = {k: summary.get(k) for k in identity}
+        diff = _diff(stored, identity)
+        if diff:
+            fail("--out", str(path), "holds a finished run of another configuration ("
+                 + "; ".join(diff) + "); pass --force to replace it, or choose another --out")
+        log(f"[sgdlab] {path} holds this finished run: not recomputed (pass --force to rerun)")
+        return summary, results, get(identity["experiment"]).figures(results, summary)
+    if (state / "run.json").exists():
+        stored = json.loads((state / "run.json").read_text())
+        diff = _diff(stored, identity)
+        if diff:
+            fail("--out", str(path), "holds an unfinished run of another configuration ("
+                 + "; ".join(diff) + "); pass --force to discard it, or choose another --out")
+        log(f"[sgdlab] resuming the unfinished run in {path}")
+        return None
+    if path.exists() and any(p.name in ("results.zarr", "figures") for p in path.iterdir()) \
+            and not force:
+        fail("--out", str(path), "holds outputs of another run; pass --force to replace them")
+    state.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(state / "run.json", json.dumps(identity, indent=2, default=plain))
+    return None
+
+
+def _diff(a: dict, b: dict) -> list[str]:
+    from sgdlab.engine import config_diff
+    return config_diff(json.loads(json.dumps(a, default=plain)),
+                       json.loads(json.dumps(b, default=plain)))
+
+
+def _atomic_write_text(path: Path, text: str):
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _replace_dir(src: Path, dst: Path):
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def write_outputs(out: Path, results: dict, summary: dict, figures: dict, force: bool = False):
+    """Write results.zarr, figures/ and, last, summary.json (the completion marker)."""
+    from sgdlab.results import fsync_tree
+
+    out.mkdir(parents=True, exist_ok=True)
+    if force and (out / "summary.json").exists():
+        (out / "summary.json").unlink()
+    tmp = Path(tempfile.mkdtemp(prefix=".sgdlab-write-", dir=out))
+    try:
+        store = tmp / "results.zarr"
+        for i, (group, ds) in enumerate(results.items()):
+            ds.to_zarr(store, group=group, mode="w" if i == 0 else "a", consolidated=False)
+        fsync_tree(store)
+        figdir = tmp / "figures"
+        save_figures(figures, figdir)
+        _replace_dir(store, out / "results.zarr")
+        _replace_dir(figdir, out / "figures")
+        _atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=plain)
+                           + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_figures(figures: dict, figdir: Path):
+    figdir.mkdir(parents=True, exist_ok=True)
+    for fname, fig in figures.items():
+        fig.savefig(figdir / f"{fname}.png", dpi=120, bbox_inches="tight")
+        fig.savefig(figdir / f"{fname}.pdf", bbox_inches="tight")
+
+
+def load_run(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Read ``summary.json`` and every dataset of ``results.zarr`` from a finished run."""
+    import xarray as xr
+    import zarr
+
+    path = Path(path)
+    if not (path / "summary.json").exists():
+        fail("DIR", str(path), "holds no finished sgdlab run (no summary.json)")
+    summary = json.loads((path / "summary.json").read_text())
+    store = path / "results.zarr"
+    groups = sorted(zarr.open_group(str(store), mode="r").group_keys()) if store.exists() else []
+    results = {}
+    for g in groups:
+        ds = xr.open_zarr(store, group=g, consolidated=False).load()
+        fmt = ds.attrs.get("sgdlab_format")
+        from sgdlab.results import FORMAT
+        if fmt is not None and int(fmt) != FORMAT:
+            fail("DIR", str(path), f"results in format {fmt}; this sgdlab reads format {FORMAT}")
+        results[g] = ds
+    return summary, results
+
+
+def report(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Redraw the figures of a stored run (into DIR/figures) and return (summary, figures)."""
+    path = Path(path)
+    summary, results = load_run(path)
+    exp = get(summary["experiment"])
+    figures = exp.figures(results, summary)
+    tmp = Path(tempfile.mkdtemp(prefix=".sgdlab-report-", dir=path))
+    try:
+        save_figures(figures, tmp / "figures")
+        _replace_dir(tmp / "figures", path / "figures")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary, figures

@@ -1,0 +1,129 @@
+"""Study 2: regularized depth-2 nets under noisy SGD (their Gibbs limit)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgdlab import data as data_lib
+from sgdlab import losses, models
+from sgdlab._validate import choice, finite_float, positive_int
+from sgdlab.problems._base import Problem, as_float_array, data_matrix, data_vector, indexer, sphere
+
+SMOOTH_ACTIVATIONS = ("sigmoid", "tanh", "softplus")
+INIT_LAWS = ("zeros", "normal", "far")
+REG_LABELS = ("teacher", "gaussian")
+_NP_ACTIVATIONS = {  # NumPy twins, so generated labels do not depend on the x64 mode
+    "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)),
+    "tanh": np.tanh,
+    "softplus": lambda z: np.logaddexp(0.0, z),
+}
+
+
+def regularized_two_layer(width: int, *, reg: float, activation: str = "sigmoid", X=None, y=None,
+                          n_data: int = 64, dim: int = 4, labels: str = "teacher", a=None,
+                          init: str = "normal", init_scale: float = 1.0,
+                          reduction: str = "half_mean", mode: str = "full",
+                          batch_size: int | None = None, data_seed: int = 0) -> Problem:
+    """A depth-2 net with fixed output weights and L2 regularisation, on a fixed data set.
+
+    Gopalani & Mukherjee (arXiv:2210.11452): ``f(x) = Σ_j a_j σ(w_j·x)``, ``a`` fixed,
+    ``L̃(W) = (1/2n) Σ_i (y_i - f(x_i))² + (λ/2)‖W‖_F²`` (``reduction="half_mean"``).
+    Their SGD ``W ← W - s(∇L̃ + ξ)``, ξ ~ N(0, I) (Shi, Su & Jordan,
+    arXiv:2004.06977), is ``sl.Optimizer("sgd")`` with ``learning_rate = s`` and
+    ``noise_std = 1``; its continuous limit has the Gibbs law ∝ exp(-2L̃/s).
+
+    Data (drawn once from ``data_seed`` unless given): ``X`` uniform on the unit
+    sphere of R^dim; ``labels="teacher"``: ``y = Σ_j a_j σ(w*_j·x)`` with
+    ``w*_j ~ N(0, I)``; ``"gaussian"``: y ~ N(0, 1). Default ``a``: random signs
+    divided by the width (‖a‖₁ = 1, so the convexity threshold of
+    :func:`sgdlab.theory.sigmoid_convexity_threshold` does not grow with it).
+
+    Args:
+      width: p, the number of hidden units.
+      reg: λ ≥ 0 (static).
+      activation: one of ``sigmoid``, ``tanh``, ``softplus``.
+      X, y: an explicit data set, shapes ``(n, d)`` and ``(n,)``.
+      n_data, dim: sizes of the generated data set.
+      labels: ``"teacher"`` or ``"gaussian"`` (generated data).
+      a: the fixed output weights, shape ``(p,)``.
+      init: the initial law of W: ``"zeros"``, ``"normal"`` (entries
+        N(0, init_scale²)) or ``"far"`` (every entry = init_scale, a Dirac start
+        far from the minimiser) -- different starts, one stationary law.
+      init_scale: the scale of ``init``.
+      reduction: data-term scaling; ``"half_mean"`` is the paper's ``1/2n``.
+      mode: ``"full"`` (the paper's full-batch gradient) or a minibatch mode.
+      batch_size: S for minibatch modes.
+      data_seed: seed of the generated data set and of ``a``.
+
+    Params: ``W`` of shape ``(p, d)``. ``data.init`` returns ``{"X", "y", "a"}``, so
+    ``lambda W: problem.loss(W, (X, y), {})`` is L̃ (for
+    :func:`sgdlab.theory.villani_minimizer_and_hessian`) in full-batch mode.
+    Observables: ``empirical_loss`` (L̃ on the whole data set, regulariser included;
+    also the ``risk``).
+    """
+    width = positive_int("width", width)
+    reg = finite_float("reg", reg, low=0.0)
+    choice("activation", activation, SMOOTH_ACTIVATIONS)
+    choice("init", init, INIT_LAWS)
+    init_scale = finite_float("init_scale", init_scale, low=0.0)
+    losses.check_reduction(reduction)
+    rng = np.random.default_rng(positive_int("data_seed", data_seed, minimum=0))
+    if X is None:
+        n_data, dim = positive_int("n_data", n_data), positive_int("dim", dim)
+        Xn = sphere(rng, n_data, dim)
+    else:
+        Xn = data_matrix("X", X)
+        n_data, dim = Xn.shape
+    if a is None:
+        an = rng.choice([-1.0, 1.0], size=width) / width
+    else:
+        an = data_vector("a", a, width)
+    if y is not None:
+        yn = data_vector("y", y, n_data)
+    elif choice("labels", labels, REG_LABELS) == "teacher":
+        w_star = rng.standard_normal((width, dim))
+        yn = _NP_ACTIVATIONS[activation](Xn @ w_star.T) @ an
+    else:
+        yn = rng.standard_normal(n_data)
+    idx = indexer(n_data, batch_size, mode)
+
+    def init_fn(key):
+        shape = (width, dim)
+        if init == "zeros":
+            return jnp.zeros(shape)
+        if init == "far":
+            return jnp.full(shape, init_scale)
+        return init_scale * jax.random.normal(key, shape)
+
+    def apply(W, x):
+        return models.two_layer_apply(W, as_float_array(an), x, activation)
+
+    def objective(W, x, yb):
+        return losses.squared_error(apply(W, x), yb, reduction) + 0.5 * reg * jnp.sum(W * W)
+
+    def loss(W, b, hp):
+        return objective(W, *b)
+
+    def data_init(key):
+        return {"X": as_float_array(Xn), "y": as_float_array(yn), "a": as_float_array(an)}
+
+    def batch(data, key, t):
+        return idx.batch((data["X"], data["y"]), key, t)
+
+    def empirical_loss(W, data):
+        return objective(W, data["X"], data["y"])
+
+    source = data_lib.DataSource(init=data_init, batch=batch, shared=True,
+                                 batch_size=idx.batch_size, description=idx.description)
+    return Problem(
+        name="regularized_two_layer", init=init_fn, loss=loss, data=source,
+        risk=lambda W, data, hp: empirical_loss(W, data), apply=apply,
+        observables={"empirical_loss": lambda o: empirical_loss(o.params, o.data)},
+        config={"width": width, "reg": reg, "activation": activation, "n_data": n_data,
+                "dim": dim, "labels": "given" if y is not None else labels, "init": init,
+                "init_scale": init_scale, "reduction": reduction, "mode": mode,
+                "batch_size": idx.batch_size, "data_seed": data_seed, "a": an.tolist(),
+                "n_params": width * dim},
+    )
