@@ -1,71 +1,99 @@
-"""Pair the notebooks: ``NAME.py`` (jupytext percent format, the source of truth) -> ``NAME.ipynb``.
+"""Pair the notebooks with jupytext: ``NAME.py`` (percent format, the source) -> ``NAME.ipynb``.
 
-The ``.ipynb`` files are generated without outputs. ``python notebooks/sync.py`` rewrites
-them; ``python notebooks/sync.py --check`` fails when one is out of date;
-``python notebooks/sync.py --execute`` also runs every notebook's code (quick presets,
-through the Python API) and fails if one raises.
+``python notebooks/sync.py`` rewrites every ``.ipynb`` from its ``.py`` with
+jupytext: no outputs, deterministic cell ids, the ``ipynb,py:percent`` pairing in
+the metadata (so Jupyter with jupytext keeps both files in step when a notebook is
+edited there). ``--check`` fails when one is out of date. ``--execute`` runs each
+notebook with a real Jupyter kernel (nbclient) and fails when a cell raises or a
+figure comes out as ``<Figure ...>`` text instead of an ``image/png``;
+``--output DIR`` keeps the executed copies (the documentation reuses them).
+Names after the options pick notebooks (``study5_lzu_stationary``); default: all.
+
+Needs the ``notebooks`` extra: ``pip install -e ".[notebooks]"``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import runpy
+import argparse
+import hashlib
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-
-
-def cells_of(source: str) -> list[dict]:
-    """Split a percent-format script into notebook cells."""
-    cells, kind, lines = [], None, []
-
-    def flush():
-        if kind is None:
-            return
-        while lines and not lines[-1].strip():
-            lines.pop()
-        if kind == "markdown":
-            text = [ln[2:] if ln.startswith("# ") else ln.lstrip("#") for ln in lines]
-            cells.append({"cell_type": "markdown", "metadata": {}, "source": _join(text)})
-        else:
-            cells.append({"cell_type": "code", "execution_count": None, "metadata": {},
-                          "outputs": [], "source": _join(lines)})
-
-    for line in source.splitlines():
-        if line.startswith("# %%"):
-            flush()
-            kind, lines = ("markdown" if "[markdown]" in line else "code"), []
-        elif kind is not None:
-            lines.append(line)
-    flush()
-    return cells
-
-
-def _join(lines: list[str]) -> list[str]:
-    return [ln + "\n" for ln in lines[:-1]] + lines[-1:] if lines else []
-
-
-def notebook(py: Path) -> str:
-    nb = {"cells": cells_of(py.read_text()),
-          "metadata": {"jupytext": {"formats": "ipynb,py:percent"},
-                       "kernelspec": {"display_name": "Python 3", "language": "python",
-                                      "name": "python3"},
-                       "language_info": {"name": "python"}},
-          "nbformat": 4, "nbformat_minor": 5}
-    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+METADATA = {
+    "jupytext": {"formats": "ipynb,py:percent"},
+    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+    "language_info": {"name": "python"},
+}
 
 
 def sources() -> list[Path]:
     return sorted(p for p in HERE.glob("*.py") if p.name != "sync.py")
 
 
+def notebook(py: Path):
+    """The output-free notebook of a percent-format source, with stable cell ids."""
+    import jupytext
+
+    nb = jupytext.read(py, fmt="py:percent")
+    nb.metadata = dict(METADATA)
+    nb.nbformat, nb.nbformat_minor = 4, 5
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = hashlib.sha1(f"{py.stem}:{i}".encode()).hexdigest()[:8]
+        cell["metadata"] = {}
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    return nb
+
+
+def text_of(nb) -> str:
+    import jupytext
+
+    text = jupytext.writes(nb, fmt="ipynb")
+    return text if text.endswith("\n") else text + "\n"
+
+
+def figure_problems(nb) -> list[str]:
+    """Cells that displayed a matplotlib Figure as text, and a notebook with no image at all."""
+    bad, images = [], 0
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            images += "image/png" in data
+            if "image/png" not in data and str(data.get("text/plain", "")).startswith("<Figure"):
+                bad.append(f"cell {i} shows {data['text/plain']!r} instead of an image")
+    if images == 0:
+        bad.append("no image/png output at all")
+    return bad
+
+
+def execute(nb, timeout: int = 900):
+    """Run ``nb`` in a fresh python3 kernel started in notebooks/ (nbclient)."""
+    from nbclient import NotebookClient
+
+    NotebookClient(nb, kernel_name="python3", timeout=timeout,
+                   resources={"metadata": {"path": str(HERE)}}).execute()
+    return nb
+
+
 def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="notebooks/sync.py", description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help="notebooks to handle (default: all)")
+    ap.add_argument("--check", action="store_true", help="fail when an .ipynb is out of date")
+    ap.add_argument("--execute", action="store_true",
+                    help="run each notebook in a Jupyter kernel and check its figures")
+    ap.add_argument("--output", metavar="DIR", help="write the executed notebooks to DIR")
+    args = ap.parse_args(argv)
+    chosen = [p for p in sources() if not args.names or p.stem in args.names]
+    unknown = set(args.names) - {p.stem for p in chosen}
+    if unknown:
+        print(f"unknown notebook(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     stale = []
-    for py in sources():
-        text, ipynb = notebook(py), py.with_suffix(".ipynb")
-        if "--check" in argv:
+    for py in chosen:
+        text, ipynb = text_of(notebook(py)), py.with_suffix(".ipynb")
+        if args.check:
             if not ipynb.exists() or ipynb.read_text() != text:
                 stale.append(ipynb.name)
         else:
@@ -73,13 +101,25 @@ def main(argv: list[str]) -> int:
     if stale:
         print("out of date (run python notebooks/sync.py): " + ", ".join(stale))
         return 1
-    if "--execute" in argv:
-        import matplotlib
-        matplotlib.use("Agg")
-        os.chdir(HERE)
-        for py in sources():
-            print(f"executing {py.name}", flush=True)
-            runpy.run_path(str(py), run_name="__main__")
+    if args.execute:
+        import nbformat
+
+        failed = []
+        for py in chosen:
+            t0 = time.perf_counter()
+            print(f"executing {py.stem}.ipynb", flush=True)
+            nb = execute(notebook(py))
+            problems = figure_problems(nb)
+            print(f"  {time.perf_counter() - t0:.0f} s" + "".join(f"\n  {p}" for p in problems),
+                  flush=True)
+            failed += [py.stem] * bool(problems)
+            if args.output:
+                out = Path(args.output)
+                out.mkdir(parents=True, exist_ok=True)
+                nbformat.write(nb, out / f"{py.stem}.ipynb")
+        if failed:
+            print("figures missing in: " + ", ".join(failed))
+            return 1
     return 0
 
 

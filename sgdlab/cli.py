@@ -21,34 +21,76 @@ class _UsageError(Exception):
     pass
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default (unless the help already states it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sgdlab", description="Monte Carlo studies of SGD.")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     sub.add_parser("list", help="the experiments, one line each")
-    r = sub.add_parser("run", help="run an experiment")
-    r.add_argument("name")
-    r.add_argument("--preset", default="quick", choices=("quick", "paper"))
+    r = sub.add_parser("run", help="run an experiment", formatter_class=_Help,
+                       description="Run an experiment: its studies, the checks of its "
+                       "predictions, a summary table, results.zarr, summary.json and figures.")
+    r.add_argument("name", help="the experiment (see `sgdlab list`)")
+    r.add_argument("--preset", default="quick", choices=("quick", "paper"),
+                   help="size of the run: quick (about a minute on a laptop) or paper")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a parameter (lists with commas); repeatable")
-    r.add_argument("--config", metavar="FILE.toml")
-    r.add_argument("--out", metavar="DIR", help="output directory (default runs/NAME)")
+                   help="override a parameter (lists with commas); repeatable; see --params")
+    r.add_argument("--config", metavar="FILE.toml", default=None,
+                   help="TOML file of parameter values (a table named after the experiment, "
+                   "or top-level keys); applied after the preset, before --set (default: "
+                   "none)")
+    r.add_argument("--out", metavar="DIR", default=None,
+                   help="output directory (default: runs/NAME)")
     r.add_argument("--force", action="store_true", help="replace a finished run in DIR")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0,
+                   help="base seed of every random key (runs with the same seed are "
+                   "bitwise identical)")
     r.add_argument("--x64", action="store_true", help="run in float64 (validation)")
-    r.add_argument("--memory", type=float, metavar="GiB", help="memory budget per chunk")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--devices", type=int, metavar="N", help="local devices to shard over")
+    r.add_argument("--memory", type=float, metavar="GiB", default=None,
+                   help="memory budget per chunk (default: a quarter of the RAM, at most 4 "
+                   "GiB, on CPU; half of the free memory on an accelerator)")
+    r.add_argument("--quiet", action="store_true", help="no progress display")
+    r.add_argument("--devices", type=int, metavar="N", default=None,
+                   help="local devices to shard over (default: all)")
     r.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
-                   help="checkpoint interval (default 60 s)")
-    r.add_argument("--checkpoint-steps", type=int, metavar="STEPS",
-                   help="also checkpoint every STEPS steps")
-    r.add_argument("--params", action="store_true", help="list the parameters and exit")
+                   help="checkpoint interval in seconds")
+    r.add_argument("--checkpoint-steps", type=int, metavar="STEPS", default=None,
+                   help="also checkpoint every STEPS steps (default: by time only)")
+    r.add_argument("--params", action="store_true",
+                   help="list the parameters with the values the chosen --preset, --config "
+                   "and --set give them, next to the defaults, and exit")
     r.add_argument("--dry-run", action="store_true",
                    help="print the plan (members, chunks, devices, memory) and exit")
     rep = sub.add_parser("report", help="redraw figures and reprint the table of a stored run")
-    rep.add_argument("dir")
+    rep.add_argument("dir", help="output directory of a finished run")
     sub.add_parser("bench", help="benchmarks (see `sgdlab bench --help`)", add_help=False)
     return p
+
+
+def params_lines(exp, preset: str, config_file=None, set_strings=()) -> list[str]:
+    """The parameters of ``exp`` with the values that would run, and where they come from."""
+    base = exp.resolve(preset)
+    final = exp.resolve(preset, config_file=config_file, set_strings=set_strings)
+    default = {p.name: p.check(p.default) for p in exp.params}
+    lines = [f"{exp.name} parameters for --preset {preset} "
+             "(value [where it comes from; the default]):"]
+    for p in exp.params:
+        if final[p.name] != base[p.name]:
+            source = "--config/--set"
+        elif base[p.name] != default[p.name]:
+            source = f"preset {preset}"
+        else:
+            source = None
+        lines.append("  " + p.describe(final[p.name], source))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +143,8 @@ def _dispatch(args) -> int:
     # run
     exp = experiments.get(args.name)
     if args.params:
-        for p in exp.params:
-            print(p.describe())
+        for line in params_lines(exp, args.preset, args.config, args.sets):
+            print(line)
         return 0
     if args.seed < 0:
         raise ValueError(f"--seed={args.seed} is invalid: expected a non-negative integer")

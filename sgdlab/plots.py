@@ -1,12 +1,19 @@
-"""Small matplotlib helpers for ensemble results.
+"""Small matplotlib helpers for ensemble results, and inline display in Jupyter.
 
 Nothing here touches pyplot: each helper draws on the Axes it is given, or on
 a fresh ``matplotlib.figure.Figure`` when ``ax`` is None, and returns the
 Figure, so they are safe under the Agg backend and leave no global state.
+
+A bare ``Figure`` (not made by pyplot) shows in Jupyter as ``<Figure size ...>``
+text unless IPython knows how to render it: IPython's inline backend registers
+its PNG formatter only once pyplot is imported. :func:`enable_inline` (run when
+this module is imported) registers it directly, so the Figures that sgdlab's
+experiments return display inline, whatever backend is selected.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -15,7 +22,38 @@ from matplotlib.figure import Figure
 
 from sgdlab.analysis import KaplanMeier
 
-__all__ = ["plot_mean_band", "plot_measured_vs_predicted", "plot_survival"]
+__all__ = ["enable_inline", "plot_mean_band", "plot_measured_vs_predicted", "plot_survival"]
+
+
+def _png(fig: Figure) -> bytes:
+    from IPython.core.pylabtools import print_figure
+
+    return print_figure(fig, "png", bbox_inches="tight")
+
+
+def enable_inline() -> bool:
+    """Let IPython/Jupyter display ``matplotlib.figure.Figure`` objects as PNG images.
+
+    Registers a PNG formatter for ``Figure`` with the running IPython shell (by
+    type name, so nothing is imported that is not already). Outside IPython it
+    does nothing. Safe to call more than once.
+
+    Returns:
+        True when a shell was found and the formatter registered.
+    """
+    if "IPython" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "display_formatter"):
+        return False
+    formatter = shell.display_formatter.formatters["image/png"]
+    formatter.for_type_by_name("matplotlib.figure", "Figure", _png)
+    return True
+
+
+enable_inline()
 
 
 def _axes(ax: Axes | None) -> tuple[Axes, Figure]:

@@ -167,12 +167,12 @@ def test_dim_and_axis_errors_are_plain():
 def test_integrated_autocorr_time_ar1():
     rho, n, reps = 0.8, 1_000_000, 4
     x = ar1(np.random.default_rng(6), rho, (reps, n))
-    tau = A.integrated_autocorr_time(x)
+    tau = A.integrated_autocorr_time(x, axis=-1)
     tau_true = (1 + rho) / (1 - rho)  # = 9
     # Var(τ̂)/τ² ≈ 2(2M+1)/N with window M ≈ 5τ; average of `reps` series; 4 SE.
     rel_sd = math.sqrt(2 * (2 * 5 * tau_true + 1) / n / reps)
     assert abs(tau.mean() / tau_true - 1) < 4 * rel_sd  # ≈ 2.7%
-    ess = A.effective_sample_size(x)
+    ess = A.effective_sample_size(x, axis=-1)
     np.testing.assert_allclose(ess, n / tau)
 
 
@@ -193,7 +193,7 @@ def test_integrated_autocorr_time_white_noise_and_xarray():
 def test_batch_means_se_is_calibrated_for_ar1():
     rho, n, reps, n_batches = 0.8, 10_000, 1000, 20
     x = ar1(np.random.default_rng(8), rho, (reps, n))
-    r = A.batch_means(x, n_batches=n_batches)
+    r = A.batch_means(x, axis=-1, n_batches=n_batches)
     assert r.batch_size == n // n_batches
     true_var = ar1_var_of_mean(rho, n)
     z = r.mean / r.se
@@ -470,3 +470,259 @@ def test_plots_return_figures_without_pyplot():
         buf = io.BytesIO()
         f.savefig(buf, format="png")
         assert buf.tell() > 0
+
+
+# --------------------------------------------------------------------------- #
+# Survival by grid point, median, restricted mean, delayed entry
+# --------------------------------------------------------------------------- #
+def grid_escape_times(rng: np.random.Generator, seeds: int = 50, steps: int = 60):
+    """Engine-like escape times on a 2 × 3 grid: integer steps, censored at ``steps``."""
+    lr, bs = [0.1, 0.2], [1, 4, 16]
+    scale = np.array([[20.0, 40.0, 80.0], [10.0, 25.0, 50.0]])
+    raw = np.ceil(rng.exponential(scale[..., None], size=(2, 3, seeds)))
+    censored = raw > steps
+    times = np.minimum(raw, steps)
+    coords = {"learning_rate": lr, "batch_size": bs}
+    dims = ("learning_rate", "batch_size", "seed")
+    return (xr.DataArray(times, dims=dims, coords=coords),
+            xr.DataArray(censored, dims=dims, coords=coords))
+
+
+def test_kaplan_meier_by_grid_point_equals_per_point_calls():
+    times, cens = grid_escape_times(np.random.default_rng(21))
+    ds = A.kaplan_meier(times, cens)
+    assert ds["survival"].dims == ("learning_rate", "batch_size", "time")
+    assert ds["median"].dims == ("learning_rate", "batch_size")
+    for lr in times.learning_rate.values:
+        for bs in times.batch_size.values:
+            t = times.sel(learning_rate=lr, batch_size=bs).values
+            c = cens.sel(learning_rate=lr, batch_size=bs).values
+            km = A.kaplan_meier(t, c)
+            row = ds.sel(learning_rate=lr, batch_size=bs)
+            own = row.n_events.values > 0
+            np.testing.assert_array_equal(row.time.values[own], km.time)
+            for k in ("survival", "variance", "lo", "hi", "n_at_risk", "n_events"):
+                np.testing.assert_array_equal(row[k].values[own], getattr(km, k), err_msg=k)
+            assert row.n_at_risk.values[0] <= 50  # the old pooled call reported 300 here
+            med, rm = A.km_median(km), A.restricted_mean(km)
+            assert float(row.t_max) == km.t_max and int(row.n) == 50
+            assert (float(row["median"]), float(row.median_lo), float(row.median_hi)) == tuple(
+                med[:3])
+            assert (float(row.rmst), float(row.rmst_se)) == (rm.mean, rm.se)
+            # between its own events the curve is carried forward
+            s_all = row.survival.values[row.time.values <= km.t_max]
+            assert np.all(np.diff(s_all) <= 0)
+    with pytest.raises(ValueError, match="never pooled"):
+        A.kaplan_meier(times.values, cens.values, axis=-1)
+
+
+def test_kaplan_meier_median_and_restricted_mean_hand_example():
+    # S: 1 on [0,2), 0.8 on [2,3), 0.6 on [3,5), 0.3 on [5,8]; median = 5 (first S ≤ ½).
+    # RMST(τ=8) = 2·1 + 1·0.8 + 2·0.6 + 3·0.3 = 4.9.
+    # A_j = ∫_{t_j}^8 S: 2.9, 2.1, 0.9; Var = 2.9²/(5·4) + 2.1²/(4·3) + 0.9²/(2·1) = 1.193.
+    km = A.kaplan_meier([2, 3, 3, 5, 8], [False, False, True, False, True])
+    med = A.km_median(km)
+    assert med.time == 5.0 and med.level == 0.95
+    # lower band at 2: 0.8^{exp(z·s)}, s = √(1/20)/|ln 0.8| ≈ 1.00 -> 0.20 ≤ ½
+    assert med.lo == 2.0
+    # upper band at 5: 0.3^{exp(−z·s)}, s = √(19/30)/|ln 0.3| ≈ 0.66 -> 0.72 > ½: never reached
+    assert math.isinf(med.hi)
+    rm = A.restricted_mean(km)
+    assert rm.tau == 8 and rm.mean == pytest.approx(4.9, rel=1e-14)
+    assert rm.se == pytest.approx(math.sqrt(1.193), rel=1e-14)
+    assert rm.hi - rm.mean == pytest.approx(Z95 * math.sqrt(1.193), rel=1e-12)
+    assert A.restricted_mean(km, tau=4).mean == pytest.approx(2 + 0.8 + 0.6, rel=1e-14)
+    with pytest.raises(ValueError, match="tau=9 is invalid"):
+        A.restricted_mean(km, tau=9)
+
+
+def test_restricted_mean_without_censoring_is_the_plain_mean():
+    # Without censoring ∫_0^{t_max} S = mean(T) and its Greenwood variance is Σ(t − t̄)²/n².
+    t = np.array([1.0, 2, 2, 4, 7, 7, 9])
+    rm = A.restricted_mean(A.kaplan_meier(t, np.zeros(7, bool)))
+    assert rm.mean == pytest.approx(t.mean(), rel=1e-14)
+    assert rm.se == pytest.approx(t.std() / math.sqrt(t.size), rel=1e-12)
+    km = A.kaplan_meier([1, 2, 3, 4], [False] * 4)
+    assert A.km_median(km).time == 2.0  # S(2) = ½ exactly: the first t with S ≤ ½
+
+
+def test_restricted_mean_interval_coverage_by_grid_point():
+    # 400 independent grid points × 100 members, T = ⌈50·Exp(1)⌉ censored at 75 steps:
+    # true RMST(75) = Σ_{k<75} P(T > k) = Σ e^{−k/50}. Coverage SE √(.95·.05/400) ≈ 1.1%.
+    rng = np.random.default_rng(23)
+    raw = np.ceil(50 * rng.exponential(size=(400, 100)))
+    times = xr.DataArray(np.minimum(raw, 75), dims=("rep", "seed"))
+    ds = A.kaplan_meier(times, raw > 75, tau=75)
+    truth = np.exp(-np.arange(75) / 50).sum()
+    covered = float(((ds.rmst_lo <= truth) & (truth <= ds.rmst_hi)).mean())
+    assert 0.95 - 3 * 0.011 <= covered <= 0.95 + 3 * 0.011
+    # SE calibration: sd of 400 estimates has relative SE ≈ 1/√800 = 3.5%; 4 SE.
+    assert abs(float(ds.rmst.std()) / float(ds.rmst_se.mean()) - 1) < 4 / math.sqrt(800)
+    assert abs(float(ds.rmst.mean()) - truth) < 4 * float(ds.rmst.std()) / 20
+
+
+def test_delayed_entry_rate_hand_example_and_transient_bias():
+    times = np.array([2.0, 3, 3, 5, 8])
+    cens = np.array([False, False, True, False, True])
+    # entry 2.5: at risk 3, 3+, 5, 8+ (n = 4); events at 3 and 5; exposure .5+.5+2.5+5.5 = 9.
+    r = A.exponential_rate_mle(times, cens, entry=2.5)
+    assert (r.n, r.n_events, r.exposure) == (4, 2, 9.0) and r.rate == pytest.approx(2 / 9)
+    per_member = A.exponential_rate_mle(times, cens, entry=np.full(5, 2.5))
+    assert per_member == r
+    # A transient of t0 = 100 steps with no escape, then a geometric hazard λ = 0.01.
+    rng = np.random.default_rng(24)
+    lam, t0, steps = 0.01, 100, 400
+    raw = t0 + rng.geometric(lam, size=2000)
+    t, c = np.minimum(raw, steps).astype(float), raw > steps
+    naive = A.exponential_rate_mle(t, c)
+    fixed = A.exponential_rate_mle(t, c, entry=t0)
+    # geometric MLE: events / steps at risk -> p; its SE is ≈ p/√d.
+    assert abs(fixed.rate - lam) < 4 * fixed.se
+    assert naive.rate < lam / 2 + 4 * naive.se  # the naive rate is ~2.5× too low
+    with pytest.raises(ValueError, match="no escape events after entry"):
+        A.exponential_rate_mle(t, c, entry=steps)
+
+
+def test_rate_and_summary_by_grid_point_equal_per_point_calls():
+    times, cens = grid_escape_times(np.random.default_rng(25), seeds=80)
+    entry = xr.DataArray([2.0, 5.0], dims="learning_rate",
+                         coords={"learning_rate": times.learning_rate})
+    rate = A.exponential_rate_mle(times, cens, entry=entry)
+    summ = A.survival_summary(times, cens, entry=3.0)
+    assert rate["rate"].dims == ("learning_rate", "batch_size")
+    for i, lr in enumerate(times.learning_rate.values):
+        for bs in times.batch_size.values:
+            t = times.sel(learning_rate=lr, batch_size=bs).values
+            c = cens.sel(learning_rate=lr, batch_size=bs).values
+            one = A.exponential_rate_mle(t, c, entry=[2.0, 5.0][i])
+            row = rate.sel(learning_rate=lr, batch_size=bs)
+            assert all(float(row[k]) == v for k, v in one._asdict().items())
+            s = summ.sel(learning_rate=lr, batch_size=bs)
+            assert float(s.rate) == A.exponential_rate_mle(t, c, entry=3.0).rate
+            assert float(s.mfpt) == A.mean_first_passage(t, c).mean
+            assert float(s.rmst) == A.restricted_mean(A.kaplan_meier(t, c)).mean
+
+
+def test_fits_by_grid_point_equal_per_point_calls():
+    rng = np.random.default_rng(26)
+    steps = np.arange(0, 50, 5.0)
+    rates = np.array([0.02, 0.05, 0.1])
+    mean = np.exp(-rates[:, None] * steps) * (1 + 0.01 * rng.standard_normal((3, 10)))
+    se = 0.01 * mean
+    da = xr.DataArray(mean, dims=("learning_rate", "step"),
+                      coords={"learning_rate": [0.1, 0.2, 0.3], "step": steps})
+    ds = A.fit_exponential_rate(None, da, se, t_max=40)
+    for i in range(3):
+        one = A.fit_exponential_rate(steps, mean[i], se[i], t_max=40)
+        for k in ("estimate", "se", "lo", "hi", "chi2", "n_points", "p_value"):
+            assert float(ds[k][i]) == getattr(one, k), k
+    assert ds["estimate"].dims == ("learning_rate",)
+    bad = da.copy()
+    bad[1, 2:] = -1.0
+    with pytest.raises(ValueError, match="at learning_rate=0.2: fit_exponential_rate needs"):
+        A.fit_exponential_rate(None, bad, se)
+
+
+def test_one_meaning_of_axis_and_namedtuple_returns():
+    x = np.ones((3, 5))
+    calls = [
+        lambda: A.mean_ci(x), lambda: A.batch_means(x, n_batches=2),
+        lambda: A.integrated_autocorr_time(x), lambda: A.autocorrelation(x),
+        lambda: A.effective_sample_size(x), lambda: A.divergence_probability(x),
+        lambda: A.exponential_rate_mle(x, x == 0), lambda: A.mean_first_passage(x, x == 0),
+        lambda: A.kaplan_meier(x, x == 0),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="axis="):
+            call()
+    # 1-D input has one axis: no axis needed, same answer as axis=0.
+    y = np.random.default_rng(27).standard_normal(200)
+    assert A.mean_ci(y) == A.mean_ci(y, axis=0)
+    tau = A.integrated_autocorr_time(y)
+    assert isinstance(tau, np.floating)
+    w = A.wilson_interval(3, 10)
+    assert isinstance(w, A.Interval) and w.lo < 0.3 < w.hi
+    lo, hi = w
+    assert (lo, hi) == (w.lo, w.hi)
+    fit = A.fit_power_law([1.0, 2, 4, 8], [1.0, 0.5, 0.25, 0.125], [0.01] * 4)
+    assert isinstance(fit, tuple) and fit._fields[0] == "estimate"
+
+
+# --------------------------------------------------------------------------- #
+# Optional comparison with lifelines and statsmodels (the `compare` extra)
+# --------------------------------------------------------------------------- #
+def _censored_sample(seed: int, n: int = 300):
+    rng = np.random.default_rng(seed)
+    raw = rng.exponential(10.0, n)
+    cens_at = rng.uniform(5.0, 25.0, n)
+    return np.minimum(raw, cens_at), raw > cens_at
+
+
+def test_survival_agrees_with_lifelines():
+    lifelines = pytest.importorskip(
+        "lifelines", reason="lifelines is not installed (pip install -e '.[compare]')")
+    from lifelines.utils import median_survival_times, restricted_mean_survival_time
+
+    t, c = _censored_sample(31)
+    km = A.kaplan_meier(t, c)
+    kmf = lifelines.KaplanMeierFitter().fit(t, event_observed=~c)
+    np.testing.assert_allclose(km.survival, kmf.survival_function_at_times(km.time).values,
+                               rtol=1e-13)
+    band = kmf.confidence_interval_.loc[km.time]
+    np.testing.assert_allclose(km.lo, band.iloc[:, 0].values, rtol=1e-12)
+    np.testing.assert_allclose(km.hi, band.iloc[:, 1].values, rtol=1e-12)
+    med = A.km_median(km)
+    assert med.time == kmf.median_survival_time_
+    ci = median_survival_times(kmf.confidence_interval_).values[0]
+    assert (med.lo, med.hi) == (ci[0], ci[1])
+    for tau in (10.0, km.t_max):
+        rm = A.restricted_mean(km, tau)
+        assert rm.mean == pytest.approx(restricted_mean_survival_time(kmf, t=tau), rel=1e-12)
+    ef = lifelines.ExponentialFitter().fit(t, event_observed=~c)
+    fp = A.mean_first_passage(t, c)
+    # lifelines maximises the likelihood numerically (6e-7 relative here); ours is closed form
+    assert fp.mean == pytest.approx(ef.lambda_, rel=1e-5)
+
+
+def test_wilson_and_wls_agree_with_statsmodels():
+    pytest.importorskip("statsmodels",
+                        reason="statsmodels is not installed (pip install -e '.[compare]')")
+    import statsmodels.api as sm
+    from statsmodels.stats.proportion import proportion_confint
+
+    k, n = np.array([0, 3, 17, 50]), np.array([40, 40, 40, 50])
+    lo, hi = A.wilson_interval(k, n)
+    slo, shi = proportion_confint(k, n, alpha=0.05, method="wilson")
+    np.testing.assert_allclose(lo, slo, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(hi, shi, rtol=1e-13)
+    rng = np.random.default_rng(32)
+    t = np.arange(1.0, 30.0)
+    m = np.exp(-0.07 * t) * (1 + 0.02 * rng.standard_normal(t.size))
+    se = 0.02 * m
+    fit = A.fit_exponential_rate(t, m, se)
+    sigma = se / m
+    res = sm.WLS(np.log(m), sm.add_constant(t), weights=1 / sigma**2).fit(
+        cov_type="fixed scale")
+    assert fit.estimate == pytest.approx(-res.params[1], rel=1e-13)
+    assert fit.se == pytest.approx(res.bse[1], rel=1e-12)
+    assert fit.intercept == pytest.approx(res.params[0], rel=1e-13)
+
+
+def test_enable_inline_registers_a_png_formatter_only_inside_ipython(monkeypatch):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert P.enable_inline() is False  # a plain interpreter: nothing to do, nothing imported
+    assert "IPython" not in sys.modules
+    pytest.importorskip("IPython", reason="IPython is not installed (notebooks extra)")
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        assert P.enable_inline() is True
+        fig = Figure(figsize=(1, 1))
+        fig.add_subplot().plot([0, 1])
+        data, _ = shell.display_formatter.format(fig)
+        assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        InteractiveShell.clear_instance()

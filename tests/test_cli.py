@@ -240,3 +240,126 @@ def test_x64_switch_runs_in_float64(tmp_path, capsys):
     assert summary["x64"] is True
     assert results["stationary"]["stationary_w_outer"].dtype == np.float64
     assert json.loads(results["stationary"].attrs["sgdlab_config"])["dtype"] == "float64"
+
+
+# ---- --params, help texts, list-vs-scalar messages
+
+
+def test_params_show_the_preset_values_next_to_the_defaults(capsys):
+    code, out, _ = run_cli(["run", "lzu-stationary", "--params", "--preset", "paper"], capsys)
+    assert code == 0
+    lines = {ln.split(" = ")[0].strip(): ln for ln in out.splitlines() if " = " in ln}
+    assert lines["seeds"].startswith("  seeds = 20000  [preset paper; default 4000]")
+    assert "momentum = [0.0, 0.5, 0.9]  [preset paper; default [0.0]]" in lines["momentum"]
+    code, out, _ = run_cli(["run", "lzu-stationary", "--params"], capsys)
+    assert "momentum = [0.0, 0.5]  [preset quick; default [0.0]]" in out
+    assert "seeds = 4000  [default]" in out
+    code, out, _ = run_cli(["run", "lzu-stationary", "--params", "--set", "seeds=77"], capsys)
+    assert "seeds = 77  [--config/--set; default 4000]" in out
+
+
+def test_every_option_has_help_and_shows_its_default():
+    import argparse
+    run = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = run.choices["run"]
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        assert action.help, action.dest
+        if action.option_strings and action.default is not argparse.SUPPRESS:
+            text = formatter._expand_help(action) if "%" in action.help else action.help
+            assert "default" in formatter._get_help_string(action), action.dest
+            assert "%(" not in text
+    assert "(default: quick)" in parser.format_help()
+
+
+@pytest.mark.parametrize("setting", ["rotation=0.1,0.2", "steps=10,20", "extras_nope=1"])
+def test_list_for_a_scalar_says_so(setting, capsys, tmp_path):
+    code, _, err = run_cli(["run", "lzu-stationary", "--set", setting, "--out",
+                            str(tmp_path / "o")], capsys)
+    assert code == 2
+    if setting.startswith("extras_nope"):
+        assert "unknown parameter" in err
+    else:
+        assert "takes one value, not a list" in err, err
+    with pytest.raises(ValueError, match="takes one value, not a list"):
+        experiments.get("lzu-stationary").resolve("quick", {"rotation": [0.1, 0.2]})
+
+
+# ---- progress display (sgdlab._progress)
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def _run_progress(monkeypatch, ticks, dt, **kw):
+    import io
+
+    from sgdlab import _progress
+
+    clock = FakeClock()
+    monkeypatch.setattr(_progress.time, "perf_counter", clock)
+    stream = io.StringIO()
+    bar = _progress.Progress(ticks, label="learning_rate=0.1, batch_size=4 (3/8)",
+                             stream=stream, work_per_tick=4096 * 50, **kw)
+    for i in range(ticks):
+        clock.t += dt
+        bar.tick(1, f"chunk {i // 10 + 1}/{ticks // 10}")
+    bar.close()
+    return stream.getvalue()
+
+
+def test_progress_on_a_log_is_line_based_and_sparse(monkeypatch):
+    # 200 segments at 1 s each: a line only when ≥ 10 s and ≥ 10% (20 segments) have passed.
+    text = _run_progress(monkeypatch, 200, 1.0)
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert 8 <= len(lines) <= 10, text  # 9 progress lines (20, 40, ..., 180) + closing line
+    assert all(ln.startswith("[learning_rate=0.1, batch_size=4 (3/8)] ") for ln in lines)
+    assert "ETA 03:00" in lines[0] and "(20/200)" in lines[0]
+    assert "205k member-steps/s" in lines[0]  # 4096 · 50 member-steps per second
+    assert lines[-1].endswith("done") and "(200/200)" in lines[-1]
+    # fast segments: 10% passes every 0.2 s, but a line waits for 10 s to pass
+    fast = _run_progress(monkeypatch, 200, 0.1).splitlines()
+    assert 2 <= len(fast) <= 3
+    # a short run says nothing at all
+    assert _run_progress(monkeypatch, 50, 0.01) == ""
+    assert _run_progress(monkeypatch, 200, 1.0, enabled=False) == ""
+
+
+def test_progress_on_a_terminal_uses_tqdm_with_eta_and_throughput(monkeypatch):
+    import io
+
+    from sgdlab import _progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    bar = _progress.Progress(20, label="learning_rate=0.1 (1/2)", stream=stream,
+                             work_per_tick=1000, delay=0.0)
+    assert bar.tty
+    for _ in range(20):
+        bar.tick(1, "chunk 1/1")
+    bar.total = 20
+    bar.close()
+    text = stream.getvalue()
+    assert "learning_rate=0.1 (1/2)" in text and "member-steps/s" in text
+    assert "20.0k/20.0k" in text and "<" in text  # tqdm's [elapsed<remaining, rate]
+
+
+def test_human_names_of_studies():
+    from sgdlab._progress import human_names
+
+    hp = {"S1_lr0": {"learning_rate": 0.1, "batch_size": 4, "momentum": 0.0},
+          "S1_lr1": {"learning_rate": 0.5, "batch_size": 4, "momentum": 0.0},
+          "S2_lr0": {"learning_rate": 0.1, "batch_size": 16, "momentum": 0.0}}
+    names = human_names(hp)
+    assert names["S1_lr0"] == "learning_rate=0.1, batch_size=4 (1/3)"
+    assert names["S2_lr0"] == "learning_rate=0.1, batch_size=16 (3/3)"
+    assert human_names({"main": {"learning_rate": [0.1, 0.2]}}) == {"main": "main"}

@@ -16,6 +16,7 @@ keys), ``_verdict`` (criteria and the run's multiple-testing policy), ``_registr
 checkpoints, outputs, reports). Every other module of this package is an experiment.
 """
 
+from sgdlab import plots as _plots  # noqa: F401  (figures display inline in Jupyter)
 from sgdlab.experiments._params import Param
 from sgdlab.experiments._registry import PRESETS, REGISTRY, Experiment, get, names, register
 from sgdlab.experiments._run import (

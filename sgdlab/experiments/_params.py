@@ -33,6 +33,8 @@ class Param:
 
     def parse(self, text: str) -> Any:
         """Parse a ``--set`` string (lists are comma separated)."""
+        if not self.list and "," in text:
+            fail(self.name, text, "takes one value, not a list")
         parts = [p.strip() for p in text.split(",")] if self.list else [text.strip()]
         if self.list and any(p == "" for p in parts):
             fail(self.name, text, "expected a comma-separated list without empty items")
@@ -64,7 +66,7 @@ class Param:
                 fail(self.name, value, "expected at least one value")
             return [self._check_one(v) for v in value]
         if isinstance(value, list | tuple | np.ndarray):
-            fail(self.name, value, "expected a single value, not a list")
+            fail(self.name, value, "takes one value, not a list")
         return self._check_one(value)
 
     def _check_one(self, v: Any) -> Any:
@@ -97,7 +99,18 @@ class Param:
             fail(self.name, v, f"expected a value in {bracket}{lo:g}, {hi:g}]")
         return v
 
-    def describe(self) -> str:
-        kind = self.kind.__name__ + ("[,...]" if self.list else "")
+    def kind_text(self) -> str:
+        """``float``, ``int[,...]``, ``str one of a/b`` ..."""
         extra = f" one of {'/'.join(self.choices)}" if self.choices else ""
-        return f"{self.name} ({kind}{extra}): {self.help} [default {self.default!r}]"
+        return self.kind.__name__ + ("[,...]" if self.list else "") + extra
+
+    def describe(self, value: Any = None, source: str | None = None) -> str:
+        """One line: name, kind, help and default; with ``value``, the value that will run.
+
+        ``source`` says where a value that differs from the default comes from (e.g.
+        ``preset paper``, ``--set``).
+        """
+        if value is None:
+            return f"{self.name} ({self.kind_text()}): {self.help} [default {self.default!r}]"
+        origin = "default" if source is None else f"{source}; default {self.default!r}"
+        return f"{self.name} = {value!r}  [{origin}]  ({self.kind_text()}): {self.help}"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sgdlab._progress import human_names
 from sgdlab._validate import fail
 from sgdlab.experiments._registry import get
 from sgdlab.experiments._verdict import SUMMARY_FORMAT, finalize, plain
@@ -115,10 +116,11 @@ def run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = 
     engine.clear_stop()
     try:
         studies = exp.studies(cfg, seed)
+        labels = human_names({k: s.hparams for k, s in studies.items()})
         datasets = {}
-        for i, (sname, study) in enumerate(studies.items()):
+        for sname, study in studies.items():
             if len(studies) > 1:
-                log(f"[sgdlab] study {i + 1}/{len(studies)}: {sname}")
+                log(f"[sgdlab] study {labels[sname]}")
             datasets[sname] = ctx.run_study(study, sname)
         outcome = exp.analyze(cfg, datasets)
     finally:
