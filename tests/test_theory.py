@@ -18,6 +18,7 @@ import pytest
 import scipy.linalg
 
 from sgdlab import theory as T
+from sgdlab.theory import lzu as TL
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -136,6 +137,165 @@ def test_excess_loss_sgd_matches_half_trace(kc3):
     lr = 1.5 / np.linalg.eigvalsh(K)[-1]
     Sigma = T.stationary_covariance_lyapunov(lr, K, C)
     assert abs(T.excess_loss_sgd(lr, K, C) - T.excess_loss(K, Sigma)) < 1e-12
+
+
+# ---------------------------------------------------------------------------
+# any linear optimizer: the augmented Lyapunov solve for a user-given update matrix
+# ---------------------------------------------------------------------------
+
+
+def test_linear_recursion_matches_iterated_covariance_recursion():
+    """A generic non-symmetric A, B of another width: iterate Σ ← AΣAᵀ + BCBᵀ to convergence."""
+    rng = np.random.default_rng(21)
+    A = rng.standard_normal((4, 4))
+    A *= 0.9 / np.max(np.abs(np.linalg.eigvals(A)))
+    B = rng.standard_normal((4, 2))
+    C = _spd(rng, 2)
+    S = np.zeros((4, 4))
+    for _ in range(3000):
+        S = A @ S @ A.T + B @ C @ B.T
+    got = TL.stationary_covariance_linear(A, B, C)
+    assert _rel(got, S) < 1e-10
+    np.testing.assert_array_equal(got, got.T)
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.5, -0.3])
+def test_heavy_ball_update_matrix_reproduces_theorem1(kc3, mu):
+    K, C = kc3
+    rng = np.random.default_rng(8)
+    for lr in (0.7 * (1 + mu) / np.linalg.eigvalsh(K)[-1], 0.2 * _spd(rng, 3)):
+        A, B = TL.heavy_ball_transition(lr, K, mu)
+        got = TL.stationary_covariance_linear(A, B, C)[:3, :3]
+        assert _rel(got, T.lzu_covariance(lr, K, C, mu)) < 1e-10
+
+
+def _optax_step(tx, w, m, g):
+    """One step of an optax transformation from momentum state m with gradient g."""
+    state = tx.init(jnp.zeros_like(w))
+    trace_state = state[0]._replace(trace=jnp.asarray(m))
+    updates, new_state = tx.update(jnp.asarray(g), (trace_state,) + tuple(state[1:]))
+    return np.asarray(w + updates), np.asarray(new_state[0].trace)
+
+
+@pytest.mark.parametrize("name", ["heavy_ball", "nesterov"])
+def test_update_matrices_are_one_optax_step(kc3, name):
+    """(A, B) reproduce one step of optax.sgd(λ, μ, nesterov=...) exactly, state (w, m)."""
+    import optax
+
+    K, _ = kc3
+    lr, mu = 0.37, 0.6
+    rng = np.random.default_rng(4)
+    w, m, xi = rng.standard_normal((3, 3))
+    with jax.enable_x64(True):
+        tx = optax.sgd(lr, momentum=mu, nesterov=name == "nesterov")
+        w1, m1 = _optax_step(tx, jnp.asarray(w), m, K @ w + xi)
+    A, B = getattr(TL, f"{name}_transition")(lr, K, mu)
+    z1 = A @ np.concatenate([w, m]) + B @ xi
+    np.testing.assert_allclose(z1, np.concatenate([w1, m1]), rtol=1e-13, atol=1e-13)
+
+
+def test_nesterov_stability_range_and_zero_momentum(kc3):
+    K, C = kc3
+    lr = 0.9 / np.linalg.eigvalsh(K)[-1]
+    A, B = TL.nesterov_transition(lr, K, 0.0)
+    assert _rel(TL.stationary_covariance_linear(A, B, C)[:3, :3], T.lzu_covariance(lr, K, C)) \
+        < 1e-10
+    for mu in (0.0, 0.5, 0.9):
+        bound = 2 * (1 + mu) / (1 + 2 * mu)   # p = λk, 1-D
+        A, B = TL.nesterov_transition(bound * (1 - 1e-6), [[1.0]], mu)
+        assert TL.stationary_covariance_linear(A, B, [[1.0]])[0, 0] > 0
+        A, B = TL.nesterov_transition(bound * (1 + 1e-6), [[1.0]], mu)
+        with pytest.raises(T.NoStationaryDistribution, match="spectral radius"):
+            TL.stationary_covariance_linear(A, B, [[1.0]])
+    # Nesterov is not heavy ball: at μ = 0.5, λk = 1 the variances differ by far
+    hb = T.lzu_variance_1d(1.0, 1.0, 1.0, 0.5)
+    A, B = TL.nesterov_transition(1.0, [[1.0]], 0.5)
+    assert TL.stationary_covariance_linear(A, B, [[1.0]])[0, 0] / hb > 1.5
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.95])
+@pytest.mark.parametrize("lr", [0.3, 1.2, 1.9])
+def test_iterate_averaging_matches_the_1d_series(lr, beta):
+    """EMA of SGD iterates: (1−β)² Σ_ij β^(i+j) ρ^|i−j| Var(w), summed in closed form."""
+    k, s2 = 1.0, 0.7
+    var_w = T.lzu_variance_1d(lr, k, s2)
+    rho = 1 - lr * k
+    want = var_w * (1 - beta) * (1 + beta * rho) / ((1 + beta) * (1 - beta * rho))
+    A, B = TL.ema_transition(lr, [[k]], beta)
+    S = TL.stationary_covariance_linear(A, B, [[s2]])
+    assert S[0, 0] == pytest.approx(var_w, rel=1e-12)
+    assert S[1, 1] == pytest.approx(want, rel=1e-10)
+    # a direct truncated double sum, independent of the algebra above
+    i = np.arange(1500)
+    wts = (1 - beta) * beta ** i
+    direct = var_w * wts @ (rho ** np.abs(i[:, None] - i[None, :])) @ wts
+    assert S[1, 1] == pytest.approx(direct, rel=1e-9)
+
+
+def test_periodic_solve_with_independent_noise_is_the_plain_solve(kc3):
+    K, C = kc3
+    A, B = TL.heavy_ball_transition(0.6, K, 0.3)
+    for E in (1, 3):
+        got = TL.stationary_covariance_periodic(A, B, np.kron(np.eye(E), C), E)
+        assert _rel(got, TL.stationary_covariance_linear(A, B, C)) < 1e-10
+
+
+def test_reshuffle_noise_exact_enumeration():
+    """All 6! permutations of N = 6 centres cut into E = 3 batches of S = 2."""
+    rng = np.random.default_rng(9)
+    N, S, d = 6, 2, 2
+    K = _spd(rng, d)
+    c = rng.standard_normal((N, d))
+    xi = []
+    for perm in itertools.permutations(range(N)):
+        means = c[list(perm)].reshape(N // S, S, d).mean(axis=1)
+        xi.append(((means - c.mean(axis=0)) @ K).ravel())   # K symmetric
+    xi = np.array(xi)
+    exact = xi.T @ xi / len(xi)
+    got = TL.reshuffle_noise_cov(K, np.cov(c.T, bias=True), S, N)
+    np.testing.assert_allclose(got, exact, atol=1e-12 * np.abs(exact).max())
+    # the per-batch block is the without-replacement noise of finite_data_noise_cov
+    np.testing.assert_allclose(got[:d, :d], T.finite_data_noise_cov(
+        K, np.cov(c.T, bias=True), S, N, replacement=False), atol=1e-13)
+
+
+@pytest.mark.parametrize("lr", [0.1, 0.5, 1.5])
+def test_reshuffled_sgd_variance_matches_a_step_by_step_1d_sum(lr):
+    """1-D plain SGD, E = 4 batches per epoch: Var after r steps of an epoch, summed by hand."""
+    N, S, k, v = 16, 4, 1.3, 0.8
+    E = N // S
+    cov = np.full((E, E), -v / (N - 1))
+    np.fill_diagonal(cov, v * (N - S) / (S * (N - 1)))
+    rho, a = 1 - lr * k, lr * k
+
+    def q(r):
+        c = a * rho ** (r - 1 - np.arange(r))
+        return c @ cov[:r, :r] @ c
+
+    v0 = q(E) / (1 - rho ** (2 * E))
+    want = np.mean([rho ** (2 * r) * v0 + q(r) for r in range(E)])
+    A, B = TL.heavy_ball_transition(lr, [[k]], 0.0)
+    got = TL.stationary_covariance_periodic(A, B, TL.reshuffle_noise_cov([[k]], [[v]], S, N), E)
+    assert got[0, 0] == pytest.approx(want, rel=1e-12)
+    iid = T.lzu_covariance(lr, [[k]], T.finite_data_noise_cov([[k]], [[v]], S, N, False))[0, 0]
+    assert abs(got[0, 0] / iid - 1) > 0.05 or abs(a - 1) < 1e-12
+
+
+def test_linear_recursion_bad_input():
+    with pytest.raises(ValueError, match="A must be a square"):
+        TL.stationary_covariance_linear(np.ones((2, 3)), np.ones((2, 1)), [[1.0]])
+    with pytest.raises(ValueError, match="B must have shape"):
+        TL.stationary_covariance_linear(0.5 * np.eye(2), np.ones((3, 1)), [[1.0]])
+    with pytest.raises(ValueError, match="noise_cov must be positive semi-definite"):
+        TL.stationary_covariance_linear(0.5 * np.eye(2), np.eye(2), -np.eye(2))
+    with pytest.raises(T.NoStationaryDistribution, match=re.escape("= 1.1 ≥ 1")):
+        TL.stationary_covariance_linear(1.1 * np.eye(2), np.eye(2), np.eye(2))
+    with pytest.raises(ValueError, match="decay"):
+        TL.ema_transition(0.1, np.eye(2), 1.0)
+    with pytest.raises(ValueError, match="period_noise_cov must have shape"):
+        TL.stationary_covariance_periodic(0.5 * np.eye(2), np.eye(2), np.eye(2), 2)
+    with pytest.raises(ValueError, match="batch_size"):
+        TL.reshuffle_noise_cov(np.eye(2), np.eye(2), 5, 4)
 
 
 # ---------------------------------------------------------------------------

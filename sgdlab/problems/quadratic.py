@@ -23,6 +23,30 @@ from sgdlab.problems._base import (
     vector_observables,
 )
 
+FINITE_MODES = data_lib.MODES + ("independent_subsets",)
+"""Minibatch modes of :func:`finite_quadratic`: those of :mod:`sgdlab.data` and one more."""
+
+
+def random_subset(key, n: int, s: int) -> jnp.ndarray:
+    """A uniformly random s-subset of ``{0..n-1}`` as s distinct indices (Floyd's algorithm).
+
+    For j = n-s, ..., n-1 draw t uniform on {0..j} and take t, or j if t is already
+    taken: every s-subset is equally likely. s draws and s²/2 comparisons, no sort
+    (a vmapped sort of n keys per step is slow on CPU).
+    """
+    if s > n:
+        fail("batch_size", s, f"a subset needs batch_size <= n_data = {n}")
+    tops = jnp.arange(n - s, n)
+    draws = jax.random.randint(key, (s,), 0, tops + 1)
+    chosen = []
+    for j in range(s):
+        t = draws[j]
+        taken = jnp.zeros((), bool)
+        for c in chosen:
+            taken = taken | (c == t)
+        chosen.append(jnp.where(taken, tops[j], t))
+    return jnp.stack(chosen)
+
 
 def finite_quadratic(curvature, centers=None, batch_size: int = 1,
                      mode: str = "with_replacement", *, n_data: int | None = None,
@@ -43,7 +67,14 @@ def finite_quadratic(curvature, centers=None, batch_size: int = 1,
         them from N(0, centers_cov) with ``data_seed``.
       batch_size: S.
       mode: ``"with_replacement"``, ``"without_replacement"`` (epochs of random
-        permutations) or ``"full"`` (:mod:`sgdlab.data`).
+        permutations) or ``"full"`` (:mod:`sgdlab.data`), or
+        ``"independent_subsets"``: every step a fresh uniformly random S-subset,
+        independent of the other steps -- the setting of the ``(N - S)/(N - 1)``
+        formula and of Theorem 1, which assumes noise independent across steps.
+        ``"without_replacement"`` has the same per-step covariance C, but its
+        batches within an epoch are disjoint and so negatively correlated
+        (``Cov = -K C_c K/(N - 1)`` between two of them): its stationary law is
+        not Theorem 1's with that C.
       n_data, centers_cov: for drawn centres.
       exact_cov: recentre and rescale drawn centres so that their mean is exactly
         0 and their 1/N covariance exactly ``centers_cov`` (needs N > d).
@@ -77,16 +108,20 @@ def finite_quadratic(curvature, centers=None, batch_size: int = 1,
             z = z @ (vecs / np.sqrt(vals)) @ vecs.T
         cn = z @ L.T
     N = cn.shape[0]
-    idx = indexer(N, batch_size, mode)
+    choice("mode", mode, FINITE_MODES)
+    subsets = mode == "independent_subsets"
+    idx = indexer(N, batch_size, "without_replacement" if subsets else mode)
     S = idx.batch_size
     cbar = cn.mean(axis=0)
     Cc_emp = (cn - cbar).T @ (cn - cbar) / N
     if mode == "full":
         C = np.zeros((d, d))
-    elif mode == "without_replacement" and N < 2:
+    elif mode in ("without_replacement", "independent_subsets") and N < 2:
         C = np.zeros((d, d))
     else:
         C = theory.finite_data_noise_cov(K, Cc_emp, S, N, replacement=mode == "with_replacement")
+    description = (f"quadratic centres (independent_subsets, N={N}, S={S})" if subsets
+                   else "quadratic centres " + idx.description)
     w0 = np.broadcast_to(np.asarray(w0, dtype=float), (d,)).copy()
     init_scale = finite_float("init_scale", init_scale, low=0.0)
 
@@ -101,6 +136,8 @@ def finite_quadratic(curvature, centers=None, batch_size: int = 1,
         return as_float_array(cn)
 
     def batch(data, key, t):
+        if subsets:
+            return data[random_subset(jax.random.fold_in(key, t), N, S)]
         return idx.batch(data, key, t)
 
     def risk(w, data, hp):
@@ -113,7 +150,7 @@ def finite_quadratic(curvature, centers=None, batch_size: int = 1,
     observables = vector_observables(cbar)
     observables["excess_loss"] = excess
     source = data_lib.DataSource(init=data_init, batch=batch, shared=True, batch_size=S,
-                                 description="quadratic centres " + idx.description)
+                                 description=description)
     return Problem(
         name="finite_quadratic", init=init_fn, loss=loss, data=source, risk=risk,
         observables=observables,

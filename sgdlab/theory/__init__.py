@@ -61,13 +61,19 @@ from sgdlab.theory.linreg import (
 )
 from sgdlab.theory.lzu import (
     continuous_time_variance_1d,
+    ema_transition,
     excess_loss,
     excess_loss_sgd,
     finite_data_noise_cov,
+    heavy_ball_transition,
     lzu_covariance,
     lzu_covariance_commuting,
     lzu_variance_1d,
+    nesterov_transition,
+    reshuffle_noise_cov,
+    stationary_covariance_linear,
     stationary_covariance_lyapunov,
+    stationary_covariance_periodic,
 )
 from sgdlab.theory.stability import Stability, is_stable, stability
 from sgdlab.theory.villani import (
@@ -89,6 +95,12 @@ __all__ = [
     "continuous_time_variance_1d",
     "lzu_covariance_commuting",
     "lzu_covariance",
+    "stationary_covariance_linear",
+    "heavy_ball_transition",
+    "nesterov_transition",
+    "ema_transition",
+    "stationary_covariance_periodic",
+    "reshuffle_noise_cov",
     "stationary_covariance_lyapunov",
     "excess_loss",
     "excess_loss_sgd",

@@ -1,5 +1,15 @@
 """Liu, Ziyin, Ueda (arXiv:2012.03636): the stationary covariance of SGD with momentum
-and matrix learning rates on a quadratic; finite-data-set noise."""
+and matrix learning rates on a quadratic; finite-data-set noise.
+
+Beside Theorem 1 (:func:`lzu_covariance`) the module solves the stationary
+covariance of *any* linear recursion z_{t+1} = A z_t + B ξ_t from a user-given
+update matrix (:func:`stationary_covariance_linear`, the augmented discrete
+Lyapunov equation), with the update matrices of heavy ball, optax's Nesterov and
+iterate averaging (:func:`heavy_ball_transition`, :func:`nesterov_transition`,
+:func:`ema_transition`), and of noise correlated within a period, such as the
+minibatches of one epoch of random reshuffling
+(:func:`stationary_covariance_periodic`, :func:`reshuffle_noise_cov`).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +28,7 @@ from sgdlab.theory._checks import (
     finite_array,
     fmt,
     lr_matrix,
+    positive_int,
     psd_matrix,
     square_matrix,
 )
@@ -177,6 +188,247 @@ def lzu_covariance(lr: Any, K: Any, C: Any, momentum: float = 0.0) -> np.ndarray
     return 0.5 * (X + X.T)
 
 
+def stationary_covariance_linear(A: Any, B: Any, noise_cov: Any) -> np.ndarray:
+    """Exact stationary covariance of any linear recursion driven by white noise.
+
+    For the chain z_{t+1} = A z_t + B ξ_t with ξ_t independent across steps,
+    E ξ_t = 0 and Cov ξ_t = ``noise_cov`` (= C), the stationary covariance Σ_z
+    solves the discrete Lyapunov equation
+
+      Σ_z = A Σ_z Aᵀ + B C Bᵀ,
+
+    which has a unique positive semi-definite solution iff the spectral radius
+    of A is < 1 (``scipy.linalg.solve_discrete_lyapunov``). Every linear
+    optimizer on a quadratic ½ wᵀKw with additive gradient noise is such a
+    chain on an augmented state (parameters plus optimizer memory): see
+    :func:`heavy_ball_transition`, :func:`nesterov_transition` and
+    :func:`ema_transition` for the update matrices, or build your own. This is
+    the augmented-state form of Liu, Ziyin, Ueda, arXiv:2012.03636, Theorem 1.
+
+    Args:
+      A: the update matrix, square (n, n); need not be symmetric.
+      B: the noise input matrix, (n, m).
+      noise_cov: C, symmetric positive semi-definite (m, m).
+
+    Returns:
+      Σ_z = Cov(z_t) at stationarity, symmetric (n, n). The parameter block is
+      the leading (d, d) block when the parameters come first in z (as in the
+      transition builders of this module).
+
+    Raises:
+      NoStationaryDistribution: the spectral radius of A is ≥ 1.
+      ValueError: malformed input (shapes, non-finite entries, C not PSD).
+    """
+    A = finite_array(A, "A")
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"A must be a square matrix, got shape {A.shape}")
+    B = finite_array(B, "B")
+    if B.ndim == 1:
+        B = B[:, None]
+    if B.ndim != 2 or B.shape[0] != A.shape[0]:
+        raise ValueError(f"B must have shape ({A.shape[0]}, m), got {B.shape}")
+    C = psd_matrix(np.atleast_2d(finite_array(noise_cov, "noise_cov")), "noise_cov",
+                   B.shape[1])
+    rho = float(np.max(np.abs(np.linalg.eigvals(A)))) if A.size else 0.0
+    if rho >= 1:
+        raise NoStationaryDistribution(f"spectral radius of the update matrix A = {fmt(rho)} ≥ 1")
+    S = scipy.linalg.solve_discrete_lyapunov(A, B @ C @ B.T)
+    return 0.5 * (S + S.T)
+
+
+def stationary_covariance_periodic(A: Any, B: Any, period_noise_cov: Any,
+                                   period: int) -> np.ndarray:
+    """Phase-averaged stationary covariance of a linear recursion with periodic noise.
+
+    The chain z_{t+1} = A z_t + B ξ_t where the noise of one period,
+    (ξ_1, ..., ξ_E) with E = ``period``, has the joint covariance Γ =
+    ``period_noise_cov`` (E·m × E·m, blocks Γ_ij = Cov(ξ_i, ξ_j)) and different
+    periods are independent -- e.g. the minibatches of one epoch of random
+    reshuffling (:func:`reshuffle_noise_cov`). With
+    Q_r = Cov(Σ_{j<r} A^{r−1−j} B ξ_j), the covariance at the start of a period
+    solves V_0 = A^E V_0 (A^E)ᵀ + Q_E, the one r steps in is
+    V_r = A^r V_0 (A^r)ᵀ + Q_r, and the time average over a period,
+    (1/E) Σ_{r<E} V_r, is returned (what a long time average measures). With
+    Γ block-diagonal (independent noise) it equals
+    :func:`stationary_covariance_linear` for any E.
+
+    Args:
+      A: update matrix (n, n), spectral radius < 1.
+      B: noise input matrix (n, m).
+      period_noise_cov: Γ, symmetric positive semi-definite (E·m, E·m).
+      period: E ≥ 1.
+
+    Returns:
+      The phase-averaged covariance of z, symmetric (n, n).
+
+    Raises:
+      NoStationaryDistribution: the spectral radius of A is ≥ 1.
+      ValueError: malformed input.
+    """
+    A = finite_array(A, "A")
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"A must be a square matrix, got shape {A.shape}")
+    B = finite_array(B, "B")
+    if B.ndim == 1:
+        B = B[:, None]
+    if B.ndim != 2 or B.shape[0] != A.shape[0]:
+        raise ValueError(f"B must have shape ({A.shape[0]}, m), got {B.shape}")
+    E = positive_int(period, "period")
+    m = B.shape[1]
+    G = psd_matrix(np.atleast_2d(finite_array(period_noise_cov, "period_noise_cov")),
+                   "period_noise_cov", E * m)
+    rho = float(np.max(np.abs(np.linalg.eigvals(A)))) if A.size else 0.0
+    if rho >= 1:
+        raise NoStationaryDistribution(f"spectral radius of the update matrix A = {fmt(rho)} ≥ 1")
+    n = A.shape[0]
+    powers = [np.eye(n)]
+    for _ in range(E):
+        powers.append(A @ powers[-1])
+    Q = [np.zeros((n, n))]
+    for r in range(1, E + 1):
+        M = np.hstack([powers[r - 1 - j] @ B for j in range(r)])  # (n, r·m)
+        Q.append(M @ G[: r * m, : r * m] @ M.T)
+    V0 = scipy.linalg.solve_discrete_lyapunov(powers[E], Q[E])
+    avg = sum(powers[r] @ V0 @ powers[r].T + Q[r] for r in range(E)) / E
+    return 0.5 * (avg + avg.T)
+
+
+def reshuffle_noise_cov(K: Any, centers_cov: Any, batch_size: int, n_data: int) -> np.ndarray:
+    """Joint covariance of one epoch's minibatch noise under random reshuffling.
+
+    For ℓ_i(w) = ½(w − c_i)ᵀK(w − c_i), an epoch draws a random permutation of
+    the N centres and cuts it into E = N // S disjoint batches (``mode=
+    "without_replacement"`` of :mod:`sgdlab.data`; a remainder is left out).
+    The batch noises ξ_j = K(c̄_{B_j} − c̄) have
+
+      Cov(ξ_i, ξ_i) = K C_c K (N−S)/(S(N−1)),   Cov(ξ_i, ξ_j) = −K C_c K/(N−1)  (i ≠ j),
+
+    (C_c with 1/N normalisation), so each batch has the without-replacement
+    noise of :func:`finite_data_noise_cov` but the batches of an epoch are
+    negatively correlated (with S | N they sum to zero). Epochs are independent.
+    Use with :func:`stationary_covariance_periodic` (period E).
+
+    Args:
+      K: symmetric Hessian, (d, d).
+      centers_cov: C_c (1/N normalisation), (d, d).
+      batch_size: S with 1 ≤ S ≤ N.
+      n_data: N ≥ 2.
+
+    Returns:
+      Γ, symmetric (E·d, E·d), blocks ordered by batch.
+
+    Raises:
+      ValueError: malformed input or S > N.
+    """
+    K = square_matrix(K, "K")
+    d = K.shape[0]
+    Cc = psd_matrix(centers_cov, "centers_cov", d)
+    S = positive_int(batch_size, "batch_size")
+    N = positive_int(n_data, "n_data")
+    if N < 2 or S > N:
+        raise ValueError(f"need integers 2 ≤ n_data and batch_size ≤ n_data, got {N}, {S}")
+    E = N // S
+    block = K @ Cc @ K
+    G = np.kron(np.ones((E, E)), -block / (N - 1))
+    G += np.kron(np.eye(E), block * ((N - S) / (S * (N - 1)) + 1 / (N - 1)))
+    return 0.5 * (G + G.T)
+
+
+def _transition_setup(lr: Any, K: Any, momentum: Any) -> tuple[np.ndarray, np.ndarray, float]:
+    mu = float(finite_array(momentum, "momentum"))
+    K = square_matrix(K, "K")
+    lam, _ = lr_matrix(lr, K.shape[0])
+    return lam, K, mu
+
+
+def heavy_ball_transition(lr: Any, K: Any, momentum: float = 0.0) -> tuple[np.ndarray, ...]:
+    """Update matrices (A, B) of heavy-ball SGD on ½ wᵀKw, for :func:`stationary_covariance_linear`.
+
+    The optax/PyTorch form with a matrix rate Λ (= λ·P for a preconditioner P):
+    g_t = K w_{t−1} + ξ_t, m_t = μ m_{t−1} + g_t, w_t = w_{t−1} − Λ m_t. On
+    z_t = (w_t, m_t):
+
+      A = [[I − ΛK, −μΛ], [K, μI]],   B = [[−Λ], [I]].
+
+    Its w-block stationary covariance equals :func:`lzu_covariance` (Liu, Ziyin,
+    Ueda, arXiv:2012.03636, Theorem 1).
+
+    Args:
+      lr: scalar λ or a (d, d) symmetric matrix Λ.
+      K: symmetric Hessian, (d, d).
+      momentum: μ.
+
+    Returns:
+      (A, B) with shapes (2d, 2d) and (2d, d).
+    """
+    lam, K, mu = _transition_setup(lr, K, momentum)
+    eye = np.eye(K.shape[0])
+    A = np.block([[eye - lam @ K, -mu * lam], [K, mu * eye]])
+    B = np.vstack([-lam, eye])
+    return A, B
+
+
+def nesterov_transition(lr: Any, K: Any, momentum: float = 0.0) -> tuple[np.ndarray, ...]:
+    """Update matrices (A, B) of Nesterov SGD on ½ wᵀKw, optax's ``nesterov=True`` form.
+
+    optax (``optax.sgd(lr, momentum, nesterov=True)``, i.e. ``trace(μ, nesterov=True)``
+    then a step of −Λ): g_t = K w_{t−1} + ξ_t, m_t = μ m_{t−1} + g_t,
+    w_t = w_{t−1} − Λ (g_t + μ m_t). On z_t = (w_t, m_t):
+
+      A = [[I − (1+μ)ΛK, −μ²Λ], [K, μI]],   B = [[−(1+μ)Λ], [I]].
+
+    In 1-D with p = λk the chain is stable iff 0 < p < 2(1+μ)/(1+2μ) (for
+    0 ≤ μ < 1), a smaller range than heavy ball's 2(1+μ). At μ = 0 it is plain
+    SGD. Use with :func:`stationary_covariance_linear`.
+
+    Args:
+      lr: scalar λ or a (d, d) symmetric matrix Λ.
+      K: symmetric Hessian, (d, d).
+      momentum: μ.
+
+    Returns:
+      (A, B) with shapes (2d, 2d) and (2d, d).
+    """
+    lam, K, mu = _transition_setup(lr, K, momentum)
+    eye = np.eye(K.shape[0])
+    A = np.block([[eye - (1 + mu) * lam @ K, -mu * mu * lam], [K, mu * eye]])
+    B = np.vstack([-(1 + mu) * lam, eye])
+    return A, B
+
+
+def ema_transition(lr: Any, K: Any, decay: float) -> tuple[np.ndarray, ...]:
+    """Update matrices (A, B) of plain SGD plus an exponential average of its iterates.
+
+    w_t = w_{t−1} − Λ(K w_{t−1} + ξ_t) and w̄_t = β w̄_{t−1} + (1−β) w_t (iterate
+    averaging with decay β, optax's ``ema`` convention). On z_t = (w_t, w̄_t):
+
+      A = [[I − ΛK, 0], [(1−β)(I − ΛK), βI]],   B = [[−Λ], [−(1−β)Λ]].
+
+    The w̄-block of :func:`stationary_covariance_linear` is the averaged
+    iterate's covariance; in 1-D with ρ = 1 − λk it is
+    Var(w) (1−β)(1+βρ) / ((1+β)(1−βρ)).
+
+    Args:
+      lr: scalar λ or a (d, d) symmetric matrix Λ.
+      K: symmetric Hessian, (d, d).
+      decay: β in [0, 1).
+
+    Returns:
+      (A, B) with shapes (2d, 2d) and (2d, d).
+
+    Raises:
+      ValueError: β outside [0, 1).
+    """
+    lam, K, beta = _transition_setup(lr, K, decay)
+    if not 0 <= beta < 1:
+        raise ValueError(f"decay must be in [0, 1), got {decay!r}")
+    eye = np.eye(K.shape[0])
+    M = eye - lam @ K
+    A = np.block([[M, np.zeros_like(M)], [(1 - beta) * M, beta * eye]])
+    B = np.vstack([-lam, -(1 - beta) * lam])
+    return A, B
+
+
 def stationary_covariance_lyapunov(lr: Any, K: Any, C: Any, momentum: float = 0.0) -> np.ndarray:
     """Stationary covariance of heavy-ball SGD from the augmented Lyapunov equation.
 
@@ -187,7 +439,7 @@ def stationary_covariance_lyapunov(lr: Any, K: Any, C: Any, momentum: float = 0.
       A = [[(1+μ)I − ΛK, −μI], [I, 0]],   B = [[−Λ], [0]],
 
     whose stationary covariance solves Σ_z = A Σ_z Aᵀ + B C Bᵀ
-    (``scipy.linalg.solve_discrete_lyapunov``). The w-block of Σ_z is returned.
+    (:func:`stationary_covariance_linear`). The w-block of Σ_z is returned.
     The setting is that of Liu, Ziyin, Ueda, arXiv:2012.03636.
 
     Args:
@@ -212,8 +464,7 @@ def stationary_covariance_lyapunov(lr: Any, K: Any, C: Any, momentum: float = 0.
     eye = np.eye(d)
     A = np.block([[(1 + mu) * eye - lam @ K, -mu * eye], [eye, np.zeros((d, d))]])
     B = np.vstack([-lam, np.zeros((d, d))])
-    Sz = scipy.linalg.solve_discrete_lyapunov(A, B @ C @ B.T)
-    S = Sz[:d, :d]
+    S = stationary_covariance_linear(A, B, C)[:d, :d]
     return 0.5 * (S + S.T)
 
 
