@@ -83,6 +83,9 @@ def indicator_target(model: str = "ramp", *, dim: int = 2, radius: float = 0.5,
     ``|f - f°|``), ``pointwise_mean_error`` (their mean; not ``pointwise_error_mean``,
     which the results already use for the ensemble mean of ``pointwise_error``), ``l1_error``
     (``E|f - f°|``: exact for the ramp in the unit ball, else the sample),
+    ``l1_error_mc`` (always the network's own output: the mean of ``|f(x) - f°(x)|``
+    over the ``n_eval`` evaluation points, a Monte-Carlo quadrature of the L¹ error)
+    and ``l1_error_mc_se`` (that quadrature's standard error, ``sd/√n_eval``),
     ``risk_se``, and for the ramp ``a``.
     """
     choice("model", model, INDICATOR_MODELS)
@@ -189,10 +192,15 @@ def indicator_target(model: str = "ramp", *, dim: int = 2, radius: float = 0.5,
     def grid_err(o: Observation):
         return jnp.abs(apply(o.params, o.data["grid_x"]) - o.data["grid_y"])
 
+    def abs_err(o: Observation):
+        return jnp.abs(sample_err(o.params, o.data))
+
     observables = {
         "pointwise_error": lambda o: jnp.max(grid_err(o)),
         "pointwise_mean_error": lambda o: jnp.mean(grid_err(o)),
         "l1_error": l1_error,
+        "l1_error_mc": lambda o: jnp.mean(abs_err(o)),
+        "l1_error_mc_se": lambda o: jnp.std(abs_err(o)) / jnp.sqrt(n_eval),
         "risk_se": risk_se,
     }
     if model == "ramp":

@@ -13,6 +13,8 @@ loss. The functions are grouped by the paper they come from:
   the linearised (kernel) training dynamics of two-layer ReLU nets.
 * Exact discrete-time mean first-passage times of 1-D SGD (Nystrom method) and
   Arrhenius temperatures.
+* arXiv:2304.08172 -- the ramp model of mini-batch GD on a ball indicator: the
+  population-gradient recursion of its slope, its L1 error and pointwise passage times.
 * Hutzenthaler, Jentzen, Pohl, Riekert, Scarpa, arXiv:2112.07369 -- the
   "dead network" special case under constant targets.
 * Gopalani, Mukherjee, arXiv:2210.11452 and Shi, Su, Jordan, arXiv:2004.06977 --
@@ -52,6 +54,16 @@ from sgdlab.theory.escape import (
     escape_rate_from_mfpt,
     mfpt_nystrom,
     mfpt_nystrom_converged,
+)
+from sgdlab.theory.indicator import (
+    ramp_drift,
+    ramp_loss_scale,
+    ramp_mean_recursion,
+    ramp_passage,
+    ramp_shell_density,
+    ramp_shell_moment,
+    ramp_threshold,
+    ramp_time_slope,
 )
 from sgdlab.theory.linreg import (
     damped_newton_covariance,
@@ -128,4 +140,12 @@ __all__ = [
     "discrete_gap",
     "villani_minimizer_and_hessian",
     "sigmoid_convexity_threshold",
+    "ramp_loss_scale",
+    "ramp_shell_density",
+    "ramp_shell_moment",
+    "ramp_drift",
+    "ramp_mean_recursion",
+    "ramp_threshold",
+    "ramp_passage",
+    "ramp_time_slope",
 ]
