@@ -14,6 +14,8 @@ from sgdlab.problems._base import Problem, as_float_array, data_matrix, data_vec
 SMOOTH_ACTIVATIONS = ("sigmoid", "tanh", "softplus")
 INIT_LAWS = ("zeros", "normal", "far")
 REG_LABELS = ("teacher", "gaussian")
+OUTPUT_SCALES = ("1", "1/sqrt_p", "1/p")
+"""Output weights a_j = ±c with c = 1, 1/√p or 1/p (the sign drawn per unit)."""
 _NP_ACTIVATIONS = {  # NumPy twins, so generated labels do not depend on the x64 mode
     "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)),
     "tanh": np.tanh,
@@ -25,7 +27,8 @@ def regularized_two_layer(width: int, *, reg: float, activation: str = "sigmoid"
                           n_data: int = 64, dim: int = 4, labels: str = "teacher", a=None,
                           init: str = "normal", init_scale: float = 1.0,
                           reduction: str = "half_mean", mode: str = "full",
-                          batch_size: int | None = None, data_seed: int = 0) -> Problem:
+                          batch_size: int | None = None, data_seed: int = 0,
+                          output_scale: str = "1/p") -> Problem:
     """A depth-2 net with fixed output weights and L2 regularisation, on a fixed data set.
 
     Gopalani & Mukherjee (arXiv:2210.11452): ``f(x) = Σ_j a_j σ(w_j·x)``, ``a`` fixed,
@@ -37,12 +40,18 @@ def regularized_two_layer(width: int, *, reg: float, activation: str = "sigmoid"
     Data (drawn once from ``data_seed`` unless given): ``X`` uniform on the unit
     sphere of R^dim; ``labels="teacher"``: ``y = Σ_j a_j σ(w*_j·x)`` with
     ``w*_j ~ N(0, I)``; ``"gaussian"``: y ~ N(0, 1). Default ``a``: random signs
-    divided by the width (‖a‖₁ = 1, so the convexity threshold of
-    :func:`sgdlab.theory.sigmoid_convexity_threshold` does not grow with it).
+    times ``output_scale`` (``"1/p"``: ‖a‖₁ = 1, so the sufficient convexity
+    threshold of :func:`sgdlab.theory.villani.convexity_threshold` shrinks like 1/p;
+    ``"1/sqrt_p"``: it is about width-independent; ``"1"``: it grows like p).
+
+    λ is a problem hyperparameter named ``reg`` (default: the ``reg`` argument):
+    a Study may sweep it (``{"learning_rate": s, "reg": [0.1, 0.5]}``), traced,
+    with one compile for the whole sweep. ``problem.loss(W, batch, {})`` uses the
+    default.
 
     Args:
       width: p, the number of hidden units.
-      reg: λ ≥ 0 (static).
+      reg: λ ≥ 0 (the default of the hyperparameter ``reg``).
       activation: one of ``sigmoid``, ``tanh``, ``softplus``.
       X, y: an explicit data set, shapes ``(n, d)`` and ``(n,)``.
       n_data, dim: sizes of the generated data set.
@@ -56,6 +65,7 @@ def regularized_two_layer(width: int, *, reg: float, activation: str = "sigmoid"
       mode: ``"full"`` (the paper's full-batch gradient) or a minibatch mode.
       batch_size: S for minibatch modes.
       data_seed: seed of the generated data set and of ``a``.
+      output_scale: ``"1"``, ``"1/sqrt_p"`` or ``"1/p"``: |a_j| of the default ``a``.
 
     Params: ``W`` of shape ``(p, d)``. ``data.init`` returns ``{"X", "y", "a"}``, so
     ``lambda W: problem.loss(W, (X, y), {})`` is L̃ (for
@@ -76,8 +86,9 @@ def regularized_two_layer(width: int, *, reg: float, activation: str = "sigmoid"
     else:
         Xn = data_matrix("X", X)
         n_data, dim = Xn.shape
+    choice("output_scale", output_scale, OUTPUT_SCALES)
     if a is None:
-        an = rng.choice([-1.0, 1.0], size=width) / width
+        an = rng.choice([-1.0, 1.0], size=width) * output_weight(width, output_scale)
     else:
         an = data_vector("a", a, width)
     if y is not None:
@@ -100,11 +111,11 @@ def regularized_two_layer(width: int, *, reg: float, activation: str = "sigmoid"
     def apply(W, x):
         return models.two_layer_apply(W, as_float_array(an), x, activation)
 
-    def objective(W, x, yb):
-        return losses.squared_error(apply(W, x), yb, reduction) + 0.5 * reg * jnp.sum(W * W)
+    def objective(W, x, yb, lam):
+        return losses.squared_error(apply(W, x), yb, reduction) + 0.5 * lam * jnp.sum(W * W)
 
     def loss(W, b, hp):
-        return objective(W, *b)
+        return objective(W, *b, hp.get("reg", reg))
 
     def data_init(key):
         return {"X": as_float_array(Xn), "y": as_float_array(yn), "a": as_float_array(an)}
@@ -112,18 +123,25 @@ def regularized_two_layer(width: int, *, reg: float, activation: str = "sigmoid"
     def batch(data, key, t):
         return idx.batch((data["X"], data["y"]), key, t)
 
-    def empirical_loss(W, data):
-        return objective(W, data["X"], data["y"])
+    def empirical_loss(W, data, hp):
+        return objective(W, data["X"], data["y"], hp.get("reg", reg))
 
     source = data_lib.DataSource(init=data_init, batch=batch, shared=True,
                                  batch_size=idx.batch_size, description=idx.description)
     return Problem(
         name="regularized_two_layer", init=init_fn, loss=loss, data=source,
-        risk=lambda W, data, hp: empirical_loss(W, data), apply=apply,
-        observables={"empirical_loss": lambda o: empirical_loss(o.params, o.data)},
+        risk=lambda W, data, hp: empirical_loss(W, data, hp), apply=apply,
+        observables={"empirical_loss": lambda o: empirical_loss(o.params, o.data, o.hp)},
         config={"width": width, "reg": reg, "activation": activation, "n_data": n_data,
                 "dim": dim, "labels": "given" if y is not None else labels, "init": init,
                 "init_scale": init_scale, "reduction": reduction, "mode": mode,
                 "batch_size": idx.batch_size, "data_seed": data_seed, "a": an.tolist(),
-                "n_params": width * dim},
+                "output_scale": output_scale, "n_params": width * dim},
+        hyperparams={"reg": reg},
     )
+
+
+def output_weight(width: int, output_scale: str) -> float:
+    """|a_j| for ``output_scale`` ∈ {``"1"``, ``"1/sqrt_p"``, ``"1/p"``} at width p."""
+    choice("output_scale", output_scale, OUTPUT_SCALES)
+    return {"1": 1.0, "1/sqrt_p": 1.0 / np.sqrt(width), "1/p": 1.0 / width}[output_scale]

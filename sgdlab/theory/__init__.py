@@ -32,6 +32,7 @@ Conventions (they differ between papers and are kept per paper):
   non-symmetric matrices) raises a plain ``ValueError``.
 """
 
+from sgdlab.theory import gibbs
 from sgdlab.theory._checks import NoStationaryDistribution
 from sgdlab.theory.constant_target import (
     dead_network_risk,
@@ -89,9 +90,13 @@ from sgdlab.theory.lzu import (
 )
 from sgdlab.theory.stability import Stability, is_stable, stability
 from sgdlab.theory.villani import (
+    ACTIVATION_BOUNDS,
+    StationaryLaw1D,
     VillaniMinimum,
+    convexity_threshold,
     discrete_gap,
     laplace_gap,
+    sgd_stationary_law_1d,
     sigmoid_convexity_threshold,
     villani_minimizer_and_hessian,
 )
@@ -148,4 +153,9 @@ __all__ = [
     "ramp_threshold",
     "ramp_passage",
     "ramp_time_slope",
+    "convexity_threshold",
+    "sgd_stationary_law_1d",
+    "StationaryLaw1D",
+    "ACTIVATION_BOUNDS",
+    "gibbs",
 ]

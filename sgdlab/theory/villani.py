@@ -201,3 +201,109 @@ def sigmoid_convexity_threshold(X: Any, y: Any, a: Any) -> float:
     return r2 * (
         float(aa @ aa) / 16 + a_max / (6 * math.sqrt(3)) * (y_max + float(np.sum(np.abs(aa))))
     )
+
+
+ACTIVATION_BOUNDS = {
+    # (sup|σ|, sup|σ'|, sup|σ''|) over the real line
+    "sigmoid": (1.0, 0.25, 1.0 / (6.0 * math.sqrt(3.0))),
+    "tanh": (1.0, 1.0, 4.0 / (3.0 * math.sqrt(3.0))),
+    "softplus": (math.inf, 1.0, 0.25),
+}
+"""Bounds of the smooth activations used by :func:`convexity_threshold`."""
+
+
+def convexity_threshold(X: Any, y: Any, a: Any, activation: str = "sigmoid") -> float:
+    """Sufficient weight decay for the depth-2 objective of Gopalani & Mukherjee.
+
+    With B0 = sup|σ|, B1 = sup|σ'|, B2 = sup|σ''| (:data:`ACTIVATION_BOUNDS`), the
+    data term's Hessian ``(1/n) Σ_i [J_i J_iᵀ − r_i ∇²f_i]`` (J_i = ∂f(x_i)/∂W,
+    r_i = y_i − f(x_i)) has norm at most
+
+      λ* = max_i‖x_i‖² (B1² ‖a‖² + max_j|a_j| · B2 · (max_i|y_i| + B0 ‖a‖₁)),
+
+    so for λ > λ* the Hessian of L̃ lies between (λ − λ*)·I and (λ + λ*)·I: L̃ is
+    strongly convex with a unique minimiser. For the sigmoid (B1 = 1/4,
+    B2 = 1/(6√3), B0 = 1) this is :func:`sigmoid_convexity_threshold`. With
+    a_j = ±c at width p: ‖a‖² = pc², ‖a‖₁ = pc, so λ* grows like p for c = 1,
+    tends to a constant for c = 1/√p and falls like 1/p for c = 1/p.
+    Gopalani & Mukherjee, arXiv:2210.11452.
+
+    Args:
+      X, y, a: inputs ``(n, d)``, labels ``(n,)``, output weights ``(p,)``.
+      activation: ``sigmoid``, ``tanh`` or ``softplus``.
+
+    Returns:
+      λ*; ``inf`` for the unbounded softplus (no finite bound of this form).
+
+    Raises:
+      ValueError: an unknown activation or non-finite input.
+    """
+    if activation not in ACTIVATION_BOUNDS:
+        raise ValueError(f"activation={activation!r} is invalid: expected one of "
+                         + ", ".join(ACTIVATION_BOUNDS))
+    b0, b1, b2 = ACTIVATION_BOUNDS[activation]
+    X = finite_array(X, "X")
+    X = X.reshape(X.shape[0], -1) if X.ndim else X.reshape(1, 1)
+    yy = finite_array(y, "y").reshape(-1)
+    aa = finite_array(a, "a").reshape(-1)
+    if math.isinf(b0):
+        return math.inf
+    r2 = float(np.max(np.sum(X * X, axis=1)))
+    return r2 * (b1 * b1 * float(aa @ aa) + float(np.max(np.abs(aa))) * b2
+                 * (float(np.max(np.abs(yy))) + b0 * float(np.sum(np.abs(aa)))))
+
+
+class StationaryLaw1D(NamedTuple):
+    """Result of :func:`sgd_stationary_law_1d`: density values at quadrature nodes."""
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    density: np.ndarray
+    leak: float
+
+    def expect(self, fn: Callable[[np.ndarray], np.ndarray]) -> float:
+        """E[fn(w)] under the law."""
+        return float(np.sum(self.weights * self.density * fn(self.nodes)))
+
+
+def sgd_stationary_law_1d(grad: Callable[[np.ndarray], np.ndarray], s: float, lo: float,
+                          hi: float, n_nodes: int = 400) -> StationaryLaw1D:
+    """The exact stationary law of the 1-D chain ``w' = w − s(U'(w) + ξ)``, ξ ~ N(0, 1).
+
+    The chain's transition density is ``k(w → w') = N(w'; w − sU'(w), s²)``; its
+    stationary density solves ``π(w') = ∫ k(w → w') π(w) dw``. Nyström method:
+    on Gauss–Legendre nodes w_k (weights ω_k) of ``[lo, hi]``,
+    ``π(w_j) = Σ_k ω_k k(w_k → w_j) π(w_k)``, solved with the normalisation
+    ``Σ_j ω_j π(w_j) = 1``; ``leak`` is the mass one step sends outside the
+    interval. This is the SGD chain itself, not its Gibbs limit ``∝ exp(−2U/s)``:
+    the two differ at O(s).
+
+    Args:
+      grad: U' (vectorized NumPy function).
+      s: step size > 0.
+      lo, hi: the interval, wide enough that π is negligible outside.
+      n_nodes: number of nodes.
+
+    Returns:
+      :class:`StationaryLaw1D` (density normalised on the nodes).
+    """
+    s = float(finite_array(s, "s"))
+    if not s > 0:
+        raise ValueError(f"s={fmt(s)} is invalid: expected a number > 0")
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"[lo, hi] = [{lo}, {hi}] is invalid: expected finite lo < hi")
+    n = positive_int(n_nodes, "n_nodes")
+    t, w = np.polynomial.legendre.leggauss(n)
+    x = 0.5 * (hi - lo) * t + 0.5 * (hi + lo)
+    w = 0.5 * (hi - lo) * w
+    mean = x - s * np.asarray(grad(x), dtype=np.float64)          # from node k
+    K = np.exp(-0.5 * ((x[:, None] - mean[None, :]) / s) ** 2) / (s * math.sqrt(2 * math.pi))
+    M = K * w[None, :]                                             # M[j, k]
+    # π = Mπ with the normalisation Σ ω_j π_j = 1 in place of the first equation
+    A = M - np.eye(n)
+    A[0, :] = w
+    rhs = np.zeros(n)
+    rhs[0] = 1.0
+    dens = np.linalg.solve(A, rhs)
+    leak = 1.0 - float(np.sum(w * (M @ dens)))
+    return StationaryLaw1D(x, w, dens, leak)
