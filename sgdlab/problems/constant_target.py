@@ -14,13 +14,18 @@ from sgdlab._validate import choice, fail, finite_float, positive_int
 from sgdlab.problems._base import Observation, Problem, reduction_factor
 from sgdlab.problems.generic import INPUTS
 
+EVAL_SAMPLES = ("shared", "per_seed", "none")
+"""Where the evaluation sample comes from: once per study, once per seed, or none (d = 1)."""
+EVAL_TAG = 0x7FFFFFFF
+"""A per-seed evaluation sample comes from ``fold_in(data_key, EVAL_TAG)``; no step uses it."""
+
 
 def constant_target(sizes: Sequence[int], *, target_value: float = 0.0, inputs: str = "uniform",
                     box: tuple[float, float] = (0.0, 1.0), batch_size: int = 1,
                     reduction: str = "mean", init: str = "he", bias_scale: float = 0.0,
                     output_bias: float | None = None, dead: bool = False,
                     dead_margin: float = 1.0, n_eval: int = 16384,
-                    max_kinks: int | None = None) -> Problem:
+                    max_kinks: int | None = None, eval_sample: str | None = None) -> Problem:
     """A fully connected ReLU network trained on a constant target ξ with fresh samples.
 
     Hutzenthaler, Jentzen, Pohl, Riekert & Scarpa (arXiv:2112.07369): inputs i.i.d.
@@ -38,10 +43,19 @@ def constant_target(sizes: Sequence[int], *, target_value: float = 0.0, inputs: 
       ±10). At most ``max_kinks`` kinks (default the worst case
       :func:`sgdlab.models.kink_bound` capped at 1024); the risk is NaN if a
       network ever has more (``n_kinks`` reports the count).
-    * ``d > 1``: the mean over a fixed evaluation sample of ``n_eval`` inputs
-      drawn once per study; its standard error is the ``risk_se`` observable
-      (common to all members: a bias of the ensemble mean, to be kept below the
-      ensemble's Monte Carlo error).
+    * ``d > 1``: the mean over a fixed evaluation sample of ``n_eval`` inputs; its
+      standard error ``std(e²)/√n_eval`` is the ``risk_se`` observable. With
+      ``eval_sample="shared"`` (the default for d > 1) the sample is drawn once per
+      study, so its error is common to all members (a bias of the ensemble mean);
+      with ``"per_seed"`` every seed draws its own, so the errors of different
+      seeds are independent and the ensemble's Monte Carlo error already counts
+      them.
+
+    In d = 1 an evaluation sample can be drawn as well (``eval_sample="shared"`` or
+    ``"per_seed"``; default ``"none"``): ``risk`` stays exact, and the sample's
+    estimate and its standard error are the ``risk_sample`` and ``risk_sample_se``
+    observables, so the estimator used for d > 1 can be checked against the exact
+    integral (for d > 1 those two observables equal ``risk`` and ``risk_se``).
 
     The dead network (``dead=True``): every first-layer bias is set to
     ``-(margin + Σ_i |W_ij| max(|low|, |high|))`` and every deeper hidden bias to
@@ -64,9 +78,13 @@ def constant_target(sizes: Sequence[int], *, target_value: float = 0.0, inputs: 
       dead_margin: how far below 0 the dead pre-activations stay.
       n_eval: evaluation sample size (d > 1).
       max_kinks: kink cap of the exact 1-D risk.
+      eval_sample: ``"shared"``, ``"per_seed"`` or ``"none"`` (d = 1 only); default
+        ``"shared"`` for d > 1 and ``"none"`` for d = 1.
 
     Params: ``[(W_1, b_1), ..., (W_{L+1}, b_{L+1})]``, ``W_l`` of shape ``(fan_in, fan_out)``.
-    Observables: ``risk_se``, ``output_bias`` (c), and for d = 1 ``n_kinks``.
+    Observables: ``risk_se`` (0 where ``risk`` is exact), ``output_bias`` (c), for
+    d = 1 ``n_kinks``, and with an evaluation sample ``risk_sample`` and
+    ``risk_sample_se``.
 
     Raises:
       ValueError: bad sizes, box, names, or ``dead`` without uniform inputs.
@@ -99,6 +117,13 @@ def constant_target(sizes: Sequence[int], *, target_value: float = 0.0, inputs: 
         max_kinks = min(bound, 1024)
     max_kinks = positive_int("max_kinks", max_kinks, minimum=0)
     exact = d == 1
+    if eval_sample is None:
+        eval_sample = "none" if exact else "shared"
+    choice("eval_sample", eval_sample, EVAL_SAMPLES)
+    if eval_sample == "none" and not exact:
+        fail("eval_sample", eval_sample, "d > 1 needs an evaluation sample: use 'shared' or "
+             "'per_seed'")
+    has_sample = eval_sample != "none"
     reach = max(abs(low), abs(high))
     c = reduction_factor(reduction)
     lo, hi = (low, high) if inputs == "uniform" else (-10.0, 10.0)
@@ -121,7 +146,11 @@ def constant_target(sizes: Sequence[int], *, target_value: float = 0.0, inputs: 
         return losses.squared_error(apply(params, x), target_value, reduction)
 
     def data_init(key):
-        return None if exact else {"eval_x": sample_x(key, n_eval)}
+        if not has_sample:
+            return None
+        if eval_sample == "per_seed":   # the seed's data key; its batches use fold_in(key, t)
+            key = jax.random.fold_in(key, EVAL_TAG)
+        return {"eval_x": sample_x(key, n_eval)}
 
     def batch(data, key, t):
         return sample_x(jax.random.fold_in(key, t), batch_size)
@@ -138,16 +167,26 @@ def constant_target(sizes: Sequence[int], *, target_value: float = 0.0, inputs: 
             return c * exact_risk(params)[0]
         return c * jnp.mean(sq_err(params, data))
 
-    def risk_se(o: Observation):
-        if exact:
-            return jnp.zeros((), o.params[0][0].dtype)
+    def sample_risk(o: Observation):
+        return c * jnp.mean(sq_err(o.params, o.data))
+
+    def sample_se(o: Observation):
         e = c * sq_err(o.params, o.data)
         return jnp.std(e) / jnp.sqrt(e.shape[0])
 
+    def risk_se(o: Observation):
+        if exact:
+            return jnp.zeros((), o.params[0][0].dtype)
+        return sample_se(o)
+
     observables = {"risk_se": risk_se, "output_bias": lambda o: o.params[-1][1][0]}
+    if has_sample:
+        observables["risk_sample"] = sample_risk
+        observables["risk_sample_se"] = sample_se
     if exact:
         observables["n_kinks"] = lambda o: exact_risk(o.params)[1].astype(o.params[0][0].dtype)
-    source = data_lib.DataSource(init=data_init, batch=batch, shared=True, batch_size=batch_size,
+    source = data_lib.DataSource(init=data_init, batch=batch, shared=eval_sample != "per_seed",
+                                 batch_size=batch_size,
                                  description=f"online {inputs} inputs, constant target")
     return Problem(
         name="constant_target", init=init_fn, loss=loss, data=source, risk=risk, apply=apply,
@@ -157,5 +196,5 @@ def constant_target(sizes: Sequence[int], *, target_value: float = 0.0, inputs: 
                 "init": init, "bias_scale": bias_scale, "output_bias": output_bias,
                 "dead": bool(dead), "dead_margin": dead_margin, "n_eval": n_eval,
                 "max_kinks": max_kinks, "risk": "exact piecewise-linear" if exact
-                else "evaluation sample"},
+                else "evaluation sample", "eval_sample": eval_sample},
     )

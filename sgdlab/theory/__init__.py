@@ -35,6 +35,7 @@ Conventions (they differ between papers and are kept per paper):
 from sgdlab.theory import gibbs
 from sgdlab.theory._checks import NoStationaryDistribution
 from sgdlab.theory.constant_target import (
+    dead_network_mean_risk,
     dead_network_risk,
     dead_network_risk_schedule,
     dead_risk_inv_asymptotic,
@@ -158,4 +159,5 @@ __all__ = [
     "StationaryLaw1D",
     "ACTIVATION_BOUNDS",
     "gibbs",
+    "dead_network_mean_risk",
 ]

@@ -162,3 +162,33 @@ def dead_risk_inv_sq_limit(g: Any, c0: Any) -> float:
     c = float(finite_array(c0, "c0"))
     z = math.sqrt(2 * gg)
     return (math.sin(math.pi * z) / (math.pi * z)) ** 2 * c * c
+
+
+def dead_network_mean_risk(target: Any, bias_scale: Any, gamma0: Any, alpha: Any, n0: Any,
+                           steps: Any) -> float | np.ndarray:
+    """E[L_n] of the dead network when the output bias starts at c_0 ~ N(0, bias_scale²).
+
+    ``L_n = (c_0 − ξ)² Π_{k≤n}(1 − 2γ_k)²`` for ``γ_k = γ0/(k + n0)^α``
+    (:func:`dead_network_risk_schedule`) and ``E[(c_0 − ξ)²] = ξ² + bias_scale²``, so
+
+      E[L_n] = (ξ² + bias_scale²) Π_{k≤n}(1 − 2γ_k)².
+
+    Hutzenthaler et al., arXiv:2112.07369 (the degenerate case of their setting).
+
+    Args:
+      target: ξ.
+      bias_scale: standard deviation of c_0 (≥ 0).
+      gamma0, alpha, n0: the schedule.
+      steps: int or array of n ≥ 0.
+
+    Returns:
+      E[L_n] for each requested n.
+
+    Raises:
+      ValueError: malformed input.
+    """
+    xi = float(finite_array(target, "target"))
+    s = float(finite_array(bias_scale, "bias_scale"))
+    if s < 0:
+        raise ValueError(f"need bias_scale ≥ 0, got {bias_scale!r}")
+    return dead_network_risk_schedule(math.sqrt(xi * xi + s * s), gamma0, alpha, n0, steps)
