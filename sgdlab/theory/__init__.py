@@ -46,6 +46,7 @@ from sgdlab.theory.du import (
     du_G_inf,
     du_H_inf,
     du_kernel_loss,
+    du_kernel_residual,
     du_lambda0,
     du_rate_bound,
 )
@@ -160,4 +161,5 @@ __all__ = [
     "ACTIVATION_BOUNDS",
     "gibbs",
     "dead_network_mean_risk",
+    "du_kernel_residual",
 ]

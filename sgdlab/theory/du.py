@@ -126,6 +126,46 @@ def du_kernel_loss(H: Any, y: Any, u0: Any, lr: Any, steps: Any) -> float | np.n
     return as_output(out.reshape(k.shape))
 
 
+def du_kernel_residual(H: Any, r0: Any, lr: Any, steps: Any) -> np.ndarray:
+    """Residual ``u(k) − y`` predicted by the linearised (kernel) GD dynamics.
+
+    With L = ½ Σ_i (u_i − y_i)² (a sum) and a fixed Gram matrix H, full-batch GD
+    in the infinite-width limit is the linear recursion
+    ``u(k+1) − y = (I − ηH)(u(k) − y)``, so
+
+      u(k) − y = (I − ηH)^k (u(0) − y) = V diag((1 − ηλ_i)^k) Vᵀ (u(0) − y)
+
+    with H = V diag(λ) Vᵀ. H = H∞ when only the first layer is trained
+    (Theorem 4.1), H∞ + G∞ when both layers are (Theorem 3.3); Du, Zhai, Poczos,
+    Singh, arXiv:1810.02054.
+
+    Args:
+      H: symmetric Gram matrix, (n, n).
+      r0: initial residuals ``u(0) − y``, shape (n,) or (..., n) (one row per seed).
+      lr: step size η.
+      steps: 1-D array of step counts k ≥ 0 (integers).
+
+    Returns:
+      Array of shape ``r0.shape[:-1] + (len(steps), n)``.
+
+    Raises:
+      ValueError: malformed input or negative steps.
+    """
+    H = square_matrix(H, "H")
+    n = H.shape[0]
+    r0 = finite_array(r0, "r0")
+    if r0.ndim < 1 or r0.shape[-1] != n:
+        raise ValueError(f"r0 must have shape (..., {n}), got {r0.shape}")
+    eta = float(finite_array(lr, "lr"))
+    k = finite_array(steps, "steps")
+    if k.ndim != 1 or np.any(k < 0) or np.any(k != np.round(k)):
+        raise ValueError(f"steps must be a 1-D array of integers ≥ 0, got {steps!r}")
+    lam, V = np.linalg.eigh(H)
+    c = r0 @ V                                        # (..., n) coordinates in the eigenbasis
+    decay = (1.0 - eta * lam)[None, :] ** k[:, None]  # (K, n); integer powers keep the sign
+    return np.einsum("...j,kj,ij->...ki", c, decay, V)
+
+
 def du_rate_bound(lr: Any, lambda0: Any, steps: Any, initial_loss: Any) -> float | np.ndarray:
     """Linear-rate bound of Du et al.: L(k) ≤ (1 − ηλ0/2)^k L(0).
 
