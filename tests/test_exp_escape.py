@@ -168,6 +168,10 @@ def test_censored_estimators_on_geometric_times():
     (["batch_size=1,5000"], "batch_size"),
     (["barrier_over_temperature=3,3,4"], "barrier_over_temperature"),
     (["potential=triple-well"], "potential"),
+    (["estimator=bogus"], "estimator"),
+    (["estimator=splitting", "batch_size=1,4"], "batch_size"),
+    (["estimator=splitting", "start=0.5"], "basin"),
+    (["estimator=splitting", "flux_steps=100", "burn_in=100"], "burn_in"),
 ])
 def test_bad_input_is_one_line_exit_2(sets, key, capsys, tmp_path):
     argv = ["run", "escape", "--out", str(tmp_path / "bad")]
@@ -186,3 +190,36 @@ def test_slope_se_reduces_to_the_fit_for_independent_errors():
     corr = np.full((3, 3), 0.5) + 0.5 * np.eye(3)
     cov = corr * np.outer(e / m, e / m)
     assert E.slope_se_correlated(x, m, e, cov) < se
+
+
+SPLIT_SMOKE = ["estimator=splitting", "learning_rate=0.5", "barrier_over_temperature=3,4,5",
+               "replicas=8", "walkers=32", "flux_steps=150", "burn_in=50", "particles=64",
+               "levels=30", "substeps=2"]
+
+
+def test_splitting_estimator_end_to_end(tmp_path, capsys):
+    """``--set estimator=splitting``: mfpt (same name and coordinates) against the oracle's
+    uncensored τ, inverse_mfpt, the probability per attempt, the figure, the report."""
+    out = tmp_path / "s"
+    argv = ["run", "escape", "--out", str(out), "--quiet"]
+    for item in SPLIT_SMOKE:
+        argv += ["--set", item]
+    code = cli.main(argv)
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    summary = json.loads((out / "summary.json").read_text())
+    names = {q["name"] for q in summary["quantities"]}
+    assert {"mfpt", "inverse_mfpt", "escape_probability", "arrhenius_slope"} <= names
+    assert "escape_rate" not in names  # the tail hazard is a brute-force quantity
+    mfpt = [q for q in summary["quantities"] if q["name"] == "mfpt"]
+    assert len(mfpt) == 3 and all(q["oracle"] == "nystrom" for q in mfpt)
+    assert set(mfpt[0]["coords"]) == {"learning_rate", "barrier_over_temperature", "batch_size"}
+    for q in mfpt:  # the uncensored τ of the oracle
+        cell = next(r for r in summary["cells"]
+                    if r["barrier_over_temperature"] == q["coords"]["barrier_over_temperature"])
+        assert q["predicted"] == cell["tau"]
+    assert all(q["pass"] is not False for q in summary["quantities"]), stdout
+    assert (out / "figures" / "escape.png").exists()
+    (out / "figures" / "escape.png").unlink()
+    assert cli.main(["report", str(out)]) == 0
+    assert (out / "figures" / "escape.png").exists()

@@ -87,7 +87,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.signal
 
-from sgdlab import analysis, engine, theory
+from sgdlab import analysis, engine, splitting, theory
 from sgdlab._validate import fail
 from sgdlab.experiments import Experiment, Outcome, Param, quantity, register
 from sgdlab.optim import Optimizer
@@ -218,12 +218,25 @@ def _validate(cfg):
         if not -1 + cfg["start"] < cfg["threshold"]:
             fail("start", cfg["start"], f"the start -1 + start must lie below the threshold "
                  f"{cfg['threshold']:g}")
+    if cfg["estimator"] == "splitting":
+        if cfg["batch_size"] != [1]:
+            fail("batch_size", cfg["batch_size"], "estimator=splitting supports batch_size=1 "
+                 "(Gaussian gradient noise) only")
+        zA, _ = _levels(cfg)
+        if not _start_score(cfg) < zA:
+            fail("basin", cfg["basin"], f"the start's score {_start_score(cfg):g} must lie below "
+                 f"the basin level {zA:g}: raise basin or move start")
+        if cfg["burn_in"] >= cfg["flux_steps"]:
+            fail("burn_in", cfg["burn_in"], f"expected fewer than flux_steps={cfg['flux_steps']}")
     if max(cfg["batch_size"]) > N_DATA:
         fail("batch_size", max(cfg["batch_size"]), f"expected at most N = {N_DATA} (the "
              "minibatch variant draws from N per-example tilts)")
 
 
 def _studies(cfg, seed):
+    _SEED["value"] = seed
+    if cfg["estimator"] == "splitting":
+        return {}  # splitting runs its own compiled programs (see _analyze_splitting)
     gaussian = _problem(cfg)  # one object: every Gaussian study shares one compile
     minibatch: dict[tuple[int, float], object] = {}
     studies = {}
@@ -419,12 +432,19 @@ def _oracle_from_kernel(P, k0, max_steps: int, nodes: int, tau: float | None = N
 
 
 def _lower_bound(dU, lr, s2, hi, x0, w_min):
-    """A left bound for a one-sided (double-well) escape that the chain never reaches."""
+    """A left bound for a one-sided (double-well) escape that the chain never reaches.
+
+    The bound is moved left until moving it 0.5 further changes τ by less than the
+    solve's own accuracy: 10× the relative change of τ under node doubling
+    (:func:`sgdlab.theory.mfpt_nystrom_converged`), and at least 10⁻¹⁰.
+    """
     extra = 1.0
     while extra < 20:
-        a = theory.mfpt_nystrom(dU, lr, s2, w_min - extra, hi, x0=x0)
-        b = theory.mfpt_nystrom(dU, lr, s2, w_min - extra - 0.5, hi, x0=x0)
-        if abs(a - b) <= 1e-10 * abs(b):
+        a, n, rel = theory.mfpt_nystrom_converged(dU, lr, s2, w_min - extra, hi, x0=x0)
+        b = theory.mfpt_nystrom(dU, lr, s2, w_min - extra - 0.5, hi, x0=x0,
+                                n_nodes=math.ceil(n * (hi - w_min + extra + 0.5)
+                                                  / (hi - w_min + extra)))
+        if abs(a - b) <= max(1e-10, 10 * rel) * abs(b):
             return w_min - extra
         extra += 0.5
     raise RuntimeError("no left bound found for the double-well oracle")
@@ -568,6 +588,8 @@ def slope_se_correlated(x, mean, se, cov_log) -> float:
 
 
 def _analyze(cfg, datasets) -> Outcome:
+    if cfg["estimator"] == "splitting":
+        return _analyze_splitting(cfg, datasets)
     cells = _cells(cfg)
     times = _member_times(cfg, datasets)
     quantities, notes, oracles, influence = [], [], {}, {}
@@ -596,7 +618,9 @@ def _analyze(cfg, datasets) -> Outcome:
         elif n_cens:
             note = (f"{n_cens} of {t.size} censored at max_steps; the MLE's exact target is "
                     f"{orc.tau_censored:.5g} (uncensored τ = {orc.tau:.5g})")
-        quantities.append(quantity("mfpt", cell.coords, mfpt, se, orc.tau_censored, note=note))
+        src = "nystrom" if cell.S == 1 else "lattice collocation"
+        quantities.append(quantity("mfpt", cell.coords, mfpt, se, orc.tau_censored, oracle=src,
+                                   note=note))
         rate, rse, n_tail = measure_tail_rate(t, cens, orc.t_tail)
         note = (f"escapes after t_tail = {orc.t_tail} steps (residual times); 1/τ = "
                 f"{1 / orc.tau:.5g}")
@@ -606,7 +630,9 @@ def _analyze(cfg, datasets) -> Outcome:
                     f"{MIN_TAIL_EVENTS}): lower the barrier or raise max_steps/seeds")
             notes.append(f"{label}: escape_rate not measured ({note})")
         quantities.append(quantity("escape_rate", cell.coords, rate, rse,
-                                   orc.hazard if math.isfinite(rate) else None, note=note))
+                                   orc.hazard if math.isfinite(rate) else None,
+                                   oracle=f"{src} leading eigenvalue" if math.isfinite(rate)
+                                   else None, note=note))
         temps = (theory.arrhenius_sharp_well(cell.lr, cfg["curvature"], cell.s2)
                  if cfg["potential"] == "sharp-well" else None)
         rows.append({**cell.coords, "noise_var": cell.s2, "temperature": cell.lr * cell.s2 / 2,
@@ -644,7 +670,9 @@ def _analyze(cfg, datasets) -> Outcome:
                 note = f"continuous time: 1; sharp-well T_eff: {sharp:.4g}" if sharp is not None \
                     else "continuous time: 1 (no closed-form discrete slope for a smooth barrier)"
                 quantities.append(quantity("arrhenius_slope", coords, slope, sse, pred,
-                                           ci=(lo, hi), note=note))
+                                           ci=(lo, hi), note=note,
+                                           oracle="nystrom" if S == 1 else
+                                           "lattice collocation"))
                 entry.update(slope=slope, se=sse, se_independent=se_indep, lo=lo, hi=hi,
                              intercept=a, predicted=pred, predicted_intercept=a_pred)
                 arrhenius.append(entry)
@@ -721,6 +749,8 @@ def _survival_curves(cfg, cells, oracles) -> list[dict]:
 def _figures(results, summary):
     from matplotlib.figure import Figure
 
+    if summary["config"].get("estimator", "brute") == "splitting":
+        return _figures_splitting(summary)
     from sgdlab.plots import plot_survival
 
     cfg = summary["config"]
@@ -872,6 +902,232 @@ def _locate(cfg, row) -> tuple[str, int]:
     raise KeyError(row)
 
 
+# --------------------------------------------------------------------------- splitting
+
+ESTIMATORS = ("brute", "splitting")
+_SEED = {"value": 0}
+"""The run's seed, stashed by ``_studies`` for the splitting estimator (which runs in
+``analyze``: the framework passes the seed to ``studies`` only)."""
+
+
+def _abs_score(o):
+    import jax.numpy as jnp
+    return jnp.abs(o.params)
+
+
+def _w_score(o):
+    return o.params
+
+
+def _score_fn(kind: str):
+    """The reaction coordinate: |w| for the sharp well, w for the double well."""
+    return _abs_score if kind == "sharp-well" else _w_score
+
+
+def _levels(cfg) -> tuple[float, float]:
+    """``(basin level z_A, target z_B)`` in score units."""
+    if cfg["potential"] == "sharp-well":
+        lo, top = 0.0, cfg["wall"]
+    else:
+        lo, top = -1.0, cfg["threshold"]
+    return lo + cfg["basin"] * (top - lo), top
+
+
+def _start_score(cfg) -> float:
+    x0 = _minimum(cfg["potential"]) + cfg["start"]
+    return abs(x0) if cfg["potential"] == "sharp-well" else x0
+
+
+def _budget(cfg) -> splitting.Budget:
+    return splitting.Budget(
+        replicas=cfg["replicas"], walkers=cfg["walkers"], flux_steps=cfg["flux_steps"],
+        burn_in=cfg["burn_in"], particles=cfg["particles"], kill_fraction=cfg["kill_fraction"],
+        levels=cfg["levels"], substeps=cfg["substeps"], max_trial_steps=cfg["max_trial_steps"])
+
+
+def _analyze_splitting(cfg, datasets: dict) -> Outcome:
+    """Flux × adaptive multilevel splitting per cell (:mod:`sgdlab.splitting`).
+
+    ``mfpt`` (equal, 4 SE of the replicas, delta method) against the oracle's
+    uncensored τ; ``inverse_mfpt`` (covers: the replicas' t interval) against 1/τ;
+    ``inverse_mfpt_brute`` (covers) the escapes of the flux walkers (brute force with
+    recycling) against 1/τ where they saw ≥ MIN_EVENTS escapes; ``escape_probability``
+    per attempt (crossing of the basin level) reported; ``arrhenius_slope`` (covers)
+    of ln mfpt against the same fit through the oracle's ln τ.
+
+    The per-replica results are added to ``datasets`` as the dataset ``splitting``
+    (dims cell × replica), so that they are stored in results.zarr with the run.
+    """
+    import xarray as xr
+
+    seed = _SEED["value"]
+    problem = _problem(cfg)
+    budget = _budget(cfg)
+    zA, zB = _levels(cfg)
+    score = _score_fn(cfg["potential"])
+    quantities, notes, rows, raw = [], [], [], []
+    notes.append(f"estimator=splitting: score {'|w|' if score is _abs_score else 'w'}, basin "
+                 f"level {zA:g}, target {zB:g}; {budget.replicas} replicas × ({budget.walkers} "
+                 f"flux walkers × {budget.flux_steps} steps, {budget.particles} AMS particles, "
+                 f"{budget.levels} levels, {budget.substeps} sub-kick(s) per step)")
+    for cell in _cells(cfg):
+        tau = _tau_only(cfg, cell)
+        res = splitting.estimate(problem, Optimizer("sgd"),
+                                 {"learning_rate": cell.lr, "noise_std": math.sqrt(cell.s2)},
+                                 score=score, basin=zA, target=zB, budget=budget, seed=seed)
+        m, inv, pr, br = res.mfpt, res.inverse_mfpt, res.probability, res.brute_rate
+        raw.append(res)
+        quantities.append(quantity(
+            "mfpt", cell.coords, m.value, m.se, tau, criterion="equal", oracle="nystrom",
+            note=f"splitting; 95% interval [{m.lo:.4g}, {m.hi:.4g}]; uncensored τ"))
+        quantities.append(quantity(
+            "inverse_mfpt", cell.coords, inv.value, inv.se, 1.0 / tau, ci=(inv.lo, inv.hi),
+            criterion="covers", oracle="nystrom", note="splitting: flux × AMS probability"))
+        quantities.append(quantity("escape_probability", cell.coords, pr.value, pr.se,
+                                   ci=(pr.lo, pr.hi),
+                                   note="per crossing of the basin level (reported only)"))
+        n_esc = int(np.sum(res.escapes))
+        if n_esc >= MIN_EVENTS:
+            quantities.append(quantity(
+                "inverse_mfpt_brute", cell.coords, br.value, br.se, 1.0 / tau,
+                ci=(br.lo, br.hi), criterion="covers", oracle="nystrom",
+                note=f"brute force: {n_esc} escapes of the recycled flux walkers"))
+        rel = m.se / m.value
+        cost = res.member_steps * rel**2
+        rows.append({**cell.coords, "noise_var": cell.s2, "tau": tau, "mfpt": m.value,
+                     "mfpt_se": m.se, "mfpt_lo": m.lo, "mfpt_hi": m.hi,
+                     "inverse_mfpt": inv.value, "inverse_mfpt_se": inv.se,
+                     "probability": pr.value, "probability_se": pr.se,
+                     "brute_rate": br.value, "brute_rate_se": br.se, "brute_escapes": n_esc,
+                     "member_steps": res.member_steps, "seconds": res.seconds,
+                     "cost_per_unit_relvar": cost, "brute_cost_per_unit_relvar": tau,
+                     "iterations_mean": float(np.mean(res.iterations))})
+    cells = _cells(cfg)
+    datasets["splitting"] = xr.Dataset(
+        {k: (("cell", "replica"), np.stack([getattr(r, k) for r in raw]))
+         for k in ("rate", "prob", "crossings", "escapes", "iterations")},
+        coords={"learning_rate": ("cell", [c.lr for c in cells]),
+                "barrier_over_temperature": ("cell", [c.x for c in cells])},
+        attrs={"walker_steps": raw[0].walker_steps, "seed": seed})
+    arrhenius = []
+    xs = cfg["barrier_over_temperature"]
+    if not _fixed_noise(cfg) and len(xs) >= 3:
+        for lr in cfg["learning_rate"]:
+            row = [r for r in rows if r["learning_rate"] == lr]
+            x = np.array([r["barrier_over_temperature"] for r in row])
+            mm = np.array([r["mfpt"] for r in row])
+            e = np.array([r["mfpt_se"] for r in row])
+            tau = np.array([r["tau"] for r in row])
+            coords = {"learning_rate": lr, "batch_size": 1}
+            slope, se, lo, hi, a = _fit_slope(x, mm, e)
+            pred, _, _, _, a_pred = _fit_slope(x, tau, tau * e / mm)
+            quantities.append(quantity(
+                "arrhenius_slope", coords, slope, se, pred, ci=(lo, hi), oracle="nystrom",
+                note="independent-errors SE (replicas share keys across barriers)"))
+            arrhenius.append({**coords, "slope": slope, "se": se, "lo": lo, "hi": hi,
+                              "intercept": a, "predicted": pred, "predicted_intercept": a_pred})
+    return Outcome(quantities, notes, {"barrier": _barrier(cfg), "cells": rows,
+                                       "arrhenius": arrhenius,
+                                       "curves": _curves_splitting(cfg)})
+
+
+def _curves_splitting(cfg) -> dict:
+    """Oracle ln τ on a fine grid of ΔL/T per learning rate (for the escape figure)."""
+    out = {"mfpt_vs_x": []}
+    if _fixed_noise(cfg):
+        return out
+    xs = np.asarray(cfg["barrier_over_temperature"])
+    dL = _barrier(cfg)
+    xg = np.linspace(min(xs.min(), 3.0), max(xs.max(), 3.0), 12)
+    for lr in cfg["learning_rate"]:
+        taus = [_tau_only(cfg, _Cell(1, -1, -1, lr, float(x), 2 * dL / (lr * x))) for x in xg]
+        out["mfpt_vs_x"].append({"learning_rate": lr, "barrier_over_temperature": xg.tolist(),
+                                 "tau": taus})
+    return out
+
+
+def _figures_splitting(summary):
+    from matplotlib.figure import Figure
+
+    cfg = summary["config"]
+    rows = summary["cells"]
+    fig = Figure(figsize=(12.5, 5.0), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    for i, lr in enumerate(cfg["learning_rate"]):
+        c = f"C{i}"
+        pts = [r for r in rows if r["learning_rate"] == lr]
+        x = np.array([r["barrier_over_temperature"] for r in pts])
+        m = np.array([r["mfpt"] for r in pts])
+        lo = np.array([r["mfpt_lo"] for r in pts])
+        hi = np.array([r["mfpt_hi"] for r in pts])
+        ax1.errorbar(x, np.log(m), yerr=[np.log(m) - np.log(lo), np.log(hi) - np.log(m)],
+                     fmt="o", color=c, capsize=3, ms=5, label=f"splitting, λ = {lr:g} (95%)")
+        b = [r for r in pts if r["brute_escapes"] >= MIN_EVENTS]
+        if b:
+            xb = np.array([r["barrier_over_temperature"] for r in b])
+            rb = np.array([r["brute_rate"] for r in b])
+            eb = np.array([r["brute_rate_se"] for r in b])
+            ax1.errorbar(xb + 0.15, -np.log(rb), yerr=2 * eb / rb, fmt="s", mfc="none",
+                         color=c, capsize=2, ms=5)
+        cur = next((cv for cv in summary["curves"]["mfpt_vs_x"] if cv["learning_rate"] == lr),
+                   None)
+        if cur is not None:
+            ax1.plot(cur["barrier_over_temperature"], np.log(cur["tau"]), "-", color=c,
+                     alpha=0.6, lw=2)
+        ax2.errorbar(x, m / np.array([r["tau"] for r in pts]) - 1,
+                     yerr=2 * np.array([r["mfpt_se"] for r in pts]) / np.array(
+                         [r["tau"] for r in pts]), fmt="o", color=c, capsize=3, ms=5,
+                     label=f"λ = {lr:g}")
+    ax1.plot([], [], "k-", alpha=0.6, lw=2, label="Nyström oracle ln τ")
+    ax1.plot([], [], "ks", mfc="none", label="brute force (flux walkers, ±2 SE)")
+    ax1.set_xlabel("ΔL/T  (T = λσ²/2)")
+    ax1.set_ylabel("ln(mean escape time / steps)")
+    where = (f"sharp well, a = {cfg['curvature']:g}" if cfg["potential"] == "sharp-well"
+             else "double well")
+    ax1.set_title(f"{where}: splitting vs the exact oracle")
+    ax1.legend(fontsize=7)
+    ax2.axhline(0, color="k", lw=1)
+    ax2.set_xlabel("ΔL/T")
+    ax2.set_ylabel("τ̂ / τ − 1  (±2 SE)")
+    ax2.set_title("relative error of the splitting estimate")
+    ax2.legend(fontsize=7)
+    fig.suptitle("Escape of SGD by flux × adaptive multilevel splitting")
+    return {"escape": fig}
+
+
+def effective_temperature_table(potential: str, learning_rates, x_pair=(16.0, 20.0),
+                                curvature: float = 1.0, wall: float = 1.0,
+                                threshold: float = 0.0) -> list[dict]:
+    """Where the discrete effective temperature predicts the Arrhenius slope, with numbers.
+
+    For each λ: the oracle's local slope d ln τ / d(ΔL/T) between the two barrier
+    values of ``x_pair`` (exact Nyström τ), the continuous-time slope 1, and the
+    effective-temperature slope ``T/T_eff = (2 − λh)/2`` with h the curvature of
+    the minimum (a for the sharp well, 2 for the double well), and their relative
+    errors. The sharp well is a quadratic up to its wall, where T_eff is the exact
+    stationary temperature; the double well's barrier is a smooth saddle.
+    """
+    cfg = _exp().resolve("quick", {"potential": potential, "curvature": curvature,
+                                   "wall": wall, "threshold": threshold,
+                                   "learning_rate": list(learning_rates)})
+    dL = _barrier(cfg)
+    h = curvature if potential == "sharp-well" else 2.0
+    out = []
+    for lr in learning_rates:
+        lt = [math.log(_tau_only(cfg, _Cell(1, -1, -1, lr, x, 2 * dL / (lr * x))))
+              for x in x_pair]
+        slope = (lt[1] - lt[0]) / (x_pair[1] - x_pair[0])
+        teff = (2 - lr * h) / 2
+        out.append({"learning_rate": lr, "oracle_slope": slope, "teff_slope": teff,
+                    "teff_rel_error": teff / slope - 1, "continuous_rel_error": 1 / slope - 1})
+    return out
+
+
+def _exp():
+    from sgdlab.experiments import get
+    return get("escape")
+
+
 register(Experiment(
     name="escape", study="5",
     title="escape time of SGD from a sharp or smooth minimum vs the exact Nyström oracle and "
@@ -899,6 +1155,31 @@ register(Experiment(
         Param("max_steps", int, 2500, "SGD steps at most; members not escaped by then are "
               "right-censored", low=1),
         Param("seeds", int, 3000, "members per grid point", low=2),
+        Param("estimator", str, "brute", "brute: an ensemble run to max_steps (censored); "
+              "splitting: flux × adaptive multilevel splitting (sgdlab.splitting), for mean "
+              "escape times far beyond brute force", choices=ESTIMATORS),
+        Param("replicas", int, 8, "splitting: independent replicas; standard errors and 95% "
+              "intervals (Student t) come from their spread; the 4-SE mfpt check wants ≥ 8",
+              low=2),
+        Param("walkers", int, 256, "splitting: brute-force flux walkers per replica (they count "
+              "crossings of the basin level and are recycled at the start on escape)", low=1),
+        Param("flux_steps", int, 400, "splitting: SGD steps per flux walker", low=1),
+        Param("burn_in", int, 100, "splitting: leading flux steps not counted (relaxation "
+              "from the start)", low=0),
+        Param("particles", int, 512, "splitting: AMS population per replica (more: smaller "
+              "SE; too few and the population dies out)", low=2),
+        Param("kill_fraction", float, 0.5, "splitting: fraction of particles killed and "
+              "cloned per AMS iteration", low=0.0, high=0.99, low_open=True),
+        Param("levels", int, 100, "splitting: levels of the score between the basin level "
+              "and the escape level", low=1),
+        Param("substeps", int, 8, "splitting: sub-kicks per SGD step (K > 1 splits the "
+              "Gaussian kick so a jump crosses levels gradually; same chain at whole steps)",
+              low=1),
+        Param("basin", float, 0.25, "splitting: basin level as a fraction of the way from "
+              "the minimum to the escape level (score |w| sharp well, w double well)",
+              low=0.0, high=0.99, low_open=True),
+        Param("max_trial_steps", int, 20000, "splitting: SGD steps one AMS trial may take",
+              low=1),
     ),
     presets={
         "quick": {},

@@ -1,0 +1,642 @@
+"""Rare escapes of SGD by splitting: forward flux out of the basin × adaptive multilevel splitting.
+
+The quantity is the mean first-passage time τ = E[T] of an SGD chain from its start
+x0 into an escape set B (a problem event, e.g. ``"escaped"`` of
+:func:`sgdlab.problems.potential_1d`), at barriers where τ is 10⁶–10¹⁰ steps and a
+brute-force ensemble sees only censored members.
+
+Method (one replica)
+--------------------
+A *score* ξ (reaction coordinate: ``w`` for the double well, ``|w|`` for the sharp
+well, any function of :class:`~sgdlab.problems.Observation`) defines the basin
+A = {ξ < z_A} (``basin``, judged at whole steps) and the target level z_B
+(``target``); the escape set B itself is the problem's event.
+
+1. **Flux** (brute force with recycling). ``walkers`` chains start at x0 and run
+   ``flux_steps`` whole SGD steps; a chain that escapes is restarted at x0 (the
+   renewal point of τ). After ``burn_in`` steps every *crossing* (a whole step with
+   ξ ≥ z_A after one with ξ < z_A) is counted. Renewal: every escape is
+   preceded by exactly one crossing whose excursion reaches B before A, so with
+   q(y) = P_y(B before A) and W the walker-steps after burn-in,
+   ``E[Σ_crossings q(Y_i)] = W/τ`` (exact up to a term that decays like the chain's
+   relaxation over ``burn_in``). A crossing straight into B (one jump) has q = 1
+   and is counted exactly (``D``), not sampled; each walker keeps a uniformly random
+   one of its other crossings (reservoir sampling). The escapes seen here are brute
+   force (``brute_rate``).
+2. **Adaptive multilevel splitting** (AMS; Cérou & Guyader 2007, generalized form of
+   Bréhier, Gazeau, Goudenège, Lelièvre & Rousset 2016, whose estimator is
+   unbiased for any importance function, discrete ones included). ``particles`` crossing states
+   are drawn from the pool (walker w with probability n_w/Σn, its reservoir
+   state), and each runs until it escapes (success) or re-enters A. Each iteration
+   takes the k-th smallest maximum level reached (k = ⌈kill_fraction·N⌉); every
+   particle at or below it (ties included) is killed and replaced by a clone of a
+   uniformly chosen survivor, branched at the survivor's state when it first
+   crossed the next level; the estimate gains the factor (1 − killed/N). It stops
+   when the k-th smallest maximum is the escape level; p̂ = Π factors × (escaped/N).
+   ``rate = (D + Σn·p̂) / W`` is an unbiased estimate of 1/τ (n_w: the walkers'
+   other crossings).
+
+Why AMS rather than forward-flux sampling for step 2: interfaces adapt to the
+chain (no level placement to tune per λ and barrier, no interface the population
+fails to cross because it was placed too far), ties from a discretized score or a
+jump over several levels are handled exactly by the generalized estimator, and the
+work is a fixed number of vmapped trials per iteration (half the population at
+``kill_fraction`` ½) rather than a separate population per interface.
+
+Importance function and levels. AMS levels are G values (``levels``) evenly spaced
+from the lowest importance of the starting particles to z_B. At a whole step the
+importance is the score of the noiseless next step (ξ(w − λ∇L(w)) for SGD), which
+looks one drift ahead. Near λa = 1 in a sharp well one SGD step is one large
+Gaussian kick and levels in position are jumped over; with ``substeps`` K > 1 the
+Gaussian gradient noise σξ (``hp["noise_std"]``) of one step is drawn as K
+sub-kicks of variance σ²/K, and after j sub-kicks the importance is
+``z_B − (z_B − ξ(proposal))/√((K − j)/K)``: the proposal's distance to the target
+in units of the kick still to come (the one-step committor's argument), so a kick
+crosses levels gradually. At whole steps this is the same chain (same law), so τ
+is unchanged; escape and re-entry into A are judged at whole steps. The
+importance only sets the variance: the estimator is unbiased for any choice.
+
+One compiled program per population
+-----------------------------------
+A replica (its walkers and particles) is one vmapped population; killing and
+cloning copy member states inside the program (``jax.lax.while_loop``), with no
+collectives. Replicas are vmapped in chunks and are the unit of chunking: replica r
+uses only keys derived from ``fold_in(key(seed), r)``, so results are bitwise
+independent of the chunk size. A clone's key is ``fold_in(fold_in(parent_key,
+level), slot)``; its step noise and minibatches come from its own key (step t:
+``fold_in(key, t)``), never from its parent's stream. Finished chunks can be
+checkpointed to a file (``checkpoint=``) and a killed run resumes bitwise.
+
+Errors are honest: 1/τ, τ and the per-attempt escape probability come with
+standard errors from the ``replicas`` independent replicas and 95% intervals
+(Student t with replicas − 1 degrees of freedom). Settings that cannot work (no
+crossing of the basin, a population that dies out, a score that never reaches the
+target, trials that do not end) raise ``ValueError`` naming the setting to change.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from scipy import stats
+
+from sgdlab._validate import fail, finite_float, positive_int
+from sgdlab.optim import Optimizer
+from sgdlab.problems import Observation, Problem
+
+TRACE_COUNT = 0
+"""Number of times a replica program was traced (a compile-count probe)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The work of one splitting estimate (all but ``replicas`` set compiled shapes).
+
+    Args:
+      replicas: independent replicas; the standard errors come from their spread.
+      walkers: brute-force flux walkers per replica.
+      flux_steps: whole SGD steps per flux walker (recycled at x0 on escape).
+      burn_in: leading steps of each walker not counted (relaxation from x0).
+      particles: AMS population N per replica.
+      kill_fraction: AMS kills the ⌈kill_fraction·N⌉ lowest particles (and ties) per
+        iteration.
+      levels: G, the levels z_1..z_G evenly spaced in score on (basin, target].
+      substeps: K, sub-kicks per step for Gaussian ``noise_std`` noise (1: none).
+      max_trial_steps: whole steps a trial may take before the run is refused.
+    """
+
+    replicas: int = 8
+    walkers: int = 256
+    flux_steps: int = 400
+    burn_in: int = 100
+    particles: int = 512
+    kill_fraction: float = 0.5
+    levels: int = 100
+    substeps: int = 1
+    max_trial_steps: int = 20000
+
+    def __post_init__(self):
+        positive_int("replicas", self.replicas, minimum=2)
+        positive_int("walkers", self.walkers)
+        positive_int("flux_steps", self.flux_steps)
+        positive_int("burn_in", self.burn_in, minimum=0)
+        if not self.burn_in < self.flux_steps:
+            fail("burn_in", self.burn_in, f"expected fewer than flux_steps={self.flux_steps}")
+        positive_int("particles", self.particles, minimum=2)
+        finite_float("kill_fraction", self.kill_fraction, low=0.0, high=1.0, low_open=True)
+        if self.kill_fraction >= 1:
+            fail("kill_fraction", self.kill_fraction, "expected a number in (0, 1)")
+        positive_int("levels", self.levels)
+        positive_int("substeps", self.substeps)
+        positive_int("max_trial_steps", self.max_trial_steps)
+
+    @property
+    def kill(self) -> int:
+        return max(1, min(self.particles - 1, math.ceil(self.kill_fraction * self.particles)))
+
+
+class Estimate(NamedTuple):
+    """A value with its standard error and 95% interval."""
+
+    value: float
+    se: float
+    lo: float
+    hi: float
+
+
+class SplittingResult(NamedTuple):
+    """What :func:`estimate` returns (per-replica arrays have length ``replicas``).
+
+    Attributes:
+      inverse_mfpt: 1/τ per step (the mean of the replicas' unbiased rates).
+      mfpt: τ = 1/inverse_mfpt, SE by the delta method, interval = the inverse of
+        inverse_mfpt's interval.
+      probability: escape probability per attempt (per crossing of the basin level).
+      flux: crossings of the basin level per walker-step.
+      brute_rate: escapes per walker-step seen by the flux walkers (brute force).
+      rate, prob, crossings, escapes, iterations, extinct: per replica.
+      walker_steps: flux walker-steps after burn-in, per replica.
+      member_steps: all SGD steps simulated (flux and trials, whole steps).
+      seconds: wall time (compile included).
+    """
+
+    inverse_mfpt: Estimate
+    mfpt: Estimate
+    probability: Estimate
+    flux: Estimate
+    brute_rate: Estimate
+    rate: np.ndarray
+    prob: np.ndarray
+    crossings: np.ndarray
+    escapes: np.ndarray
+    iterations: np.ndarray
+    extinct: np.ndarray
+    walker_steps: int
+    member_steps: float
+    seconds: float
+
+    def as_dict(self) -> dict:
+        out = {}
+        for k, v in self._asdict().items():
+            if isinstance(v, Estimate):
+                out[k] = v._asdict()
+            elif isinstance(v, np.ndarray):
+                out[k] = v.tolist()
+            else:
+                out[k] = v
+        return out
+
+
+class _Fine(NamedTuple):
+    """A member of the fine chain (whole step t, k sub-kicks of it already drawn)."""
+
+    params: Any
+    opt_state: Any
+    grad: Any           # gradient at params (valid when k > 0)
+    partial: Any        # Σ of the first k sub-kicks / √K
+    k: jnp.ndarray      # int32
+    t: jnp.ndarray      # int32, whole steps taken since the key was set
+    key: jnp.ndarray    # uint32[2], this member's own key
+    escaped: jnp.ndarray  # bool: the last whole step ended in the escape set
+    imp: jnp.ndarray    # importance score of this state (+inf: escaped)
+
+
+def _tree_where(c, a, b):
+    return jax.tree_util.tree_map(
+        lambda x, y: jnp.where(jnp.reshape(c, c.shape + (1,) * (x.ndim - c.ndim)), x, y), a, b)
+
+
+def _take(tree, idx):
+    return jax.tree_util.tree_map(lambda x: x[idx], tree)
+
+
+def _t_quantile(df: int) -> float:
+    return float(stats.t.ppf(0.975, df))
+
+
+def interval(x) -> Estimate:
+    """Mean of independent replicas, its standard error and 95% Student-t interval."""
+    x = np.asarray(x, float)
+    m = float(x.mean())
+    se = float(x.std(ddof=1) / math.sqrt(x.size))
+    q = _t_quantile(x.size - 1)
+    return Estimate(m, se, m - q * se, m + q * se)
+
+
+class _Spec(NamedTuple):
+    problem: Problem
+    optimizer: Optimizer
+    score: Callable
+    event: Callable
+    budget: Budget
+    hp_names: tuple
+
+
+def _program(spec: _Spec):
+    """The jitted replica program ``(replica_ids, hp, zA, zB, base_key, data) -> dict``."""
+    problem, optimizer, score_fn, event_fn, b, _ = spec
+    K = b.substeps
+    G = b.levels
+    N = b.particles
+    Wn = b.walkers
+    noise_scale = 1.0 / math.sqrt(K)
+
+    def observe(params, opt_state, t, hp, data):
+        return Observation(params=params, opt_state=opt_state, loss=jnp.zeros(()),
+                           grad_norm=jnp.zeros(()), params0=None, step=t, hp=hp, data=data)
+
+    def score(params, opt_state, t, hp, data):
+        return jnp.asarray(score_fn(observe(params, opt_state, t, hp, data)), dtype=float)
+
+    def grad_at(params, key, t, hp, data):
+        batch = problem.data.batch(data, jax.random.fold_in(key, 1), t + 1)
+        return jax.grad(problem.loss)(params, batch, hp)
+
+    def kicks(key, t, j, params):
+        leaves, tdef = jax.tree_util.tree_flatten(params)
+        ks = jax.random.split(jax.random.fold_in(jax.random.fold_in(
+            jax.random.fold_in(key, 2), t), j), len(leaves))
+        return jax.tree_util.tree_unflatten(
+            tdef, [jax.random.normal(kk, jnp.shape(x), jnp.result_type(x))
+                   for kk, x in zip(ks, leaves, strict=True)])
+
+    def propose(params, opt_state, grad, partial, hp):
+        sigma = hp.get("noise_std", 0.0)
+        g = jax.tree_util.tree_map(lambda a, z: a + sigma * z, grad, partial)
+        tx = optimizer.build(hp)
+        upd, new_opt = tx.update(g, opt_state, params)
+        return optax.apply_updates(params, upd), new_opt
+
+    def ahead(params, opt_state, key, t, hp, data):
+        """At a whole step: the next gradient and the score of the noiseless next step."""
+        g = grad_at(params, key, t, hp, data)
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        drift, opt2 = propose(params, opt_state, g, zeros, hp)
+        return g, score(drift, opt2, t + 1, hp, data)
+
+    def advance(s: _Fine, partial, commit, r_left, hp, data, zB):
+        """Propose with the noise sum ``partial``; commit it at the end of a step.
+
+        Returns the new state (``imp``: its importance score) and the plain
+        score of the proposal. Importance score: at a whole step, the score of the
+        noiseless next step; within a step (``r_left`` of the kick's variance still to
+        come), the proposal's distance to the target divided by √r_left.
+        """
+        cand, new_opt = propose(s.params, s.opt_state, s.grad, partial, hp)
+        plain = score(cand, new_opt, s.t + 1, hp, data)
+        esc = commit & jnp.asarray(event_fn(observe(cand, new_opt, s.t + 1, hp, data)),
+                                   dtype=bool).reshape(())
+        g_next, m_next = ahead(cand, new_opt, s.key, s.t + 1, hp, data)
+        m_sub = zB - (zB - plain) / jnp.sqrt(jnp.maximum(r_left, 1e-12))
+        imp = jnp.where(commit, m_next, m_sub)
+        new = _Fine(
+            params=_tree_where(commit, cand, s.params),
+            opt_state=_tree_where(commit, new_opt, s.opt_state),
+            grad=_tree_where(commit, g_next, s.grad), partial=partial,
+            k=jnp.where(commit, 0, s.k + 1).astype(jnp.int32),
+            t=jnp.where(commit, s.t + 1, s.t).astype(jnp.int32),
+            key=s.key, escaped=esc, imp=jnp.where(esc, jnp.inf, imp))
+        return new, plain
+
+    def substep_(s: _Fine, hp, data, zB):
+        """One sub-kick: ``(state, plain score of the proposal, committed?)``."""
+        xi = kicks(s.key, s.t, s.k, s.params)
+        partial = jax.tree_util.tree_map(lambda p, z: jnp.where(s.k == 0, 0.0, p)
+                                         + noise_scale * z, s.partial, xi)
+        commit = s.k + 1 == K
+        r_left = (K - 1 - s.k).astype(float) / K
+        new, plain = advance(s, partial, commit, r_left, hp, data, zB)
+        return new, plain, commit
+
+    def whole_step_(s: _Fine, hp, data, zB):
+        """One whole SGD step (the flux phase): the kick drawn at once."""
+        xi = kicks(s.key, s.t, K, s.params)  # j = K: a stream no sub-kick uses
+        return advance(s, xi, jnp.bool_(True), jnp.zeros(()), hp, data, zB)
+
+    def fresh(key, hp, data, params, t):
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        opt = optimizer.build(hp).init(params)
+        g = grad_at(params, key, t, hp, data)
+        return _Fine(params, opt, g, zeros, jnp.int32(0), jnp.asarray(t, jnp.int32), key,
+                     jnp.bool_(False), jnp.zeros(()))
+
+    def replica(rid, hp, zA, zB, base_key, data):
+        def substep(s, hp, data):
+            return substep_(s, hp, data, zB)
+
+        def whole_step(s, hp, data):
+            return whole_step_(s, hp, data, zB)
+
+        rkey = jax.random.fold_in(base_key, rid)
+        init_params = problem.init(jax.random.fold_in(rkey, 3))
+        x0_score = score(init_params, optimizer.build(hp).init(init_params), 0, hp, data)
+
+        # ---------------- flux phase
+        wkeys = jax.vmap(lambda w: jax.random.fold_in(jax.random.fold_in(rkey, 0), w))(
+            jnp.arange(Wn))
+        walkers = jax.vmap(lambda k: fresh(k, hp, data, init_params, 0))(wkeys)
+        inA0 = jnp.ones(Wn, bool)
+        count0 = jnp.zeros(Wn, jnp.int32)
+        esc0 = jnp.zeros(Wn, jnp.int32)
+
+        def flux_body(carry, step):
+            s, inA, count, ndirect, nesc, res = carry
+            new, sc = jax.vmap(lambda m: whole_step(m, hp, data))(s)
+            counted = step >= b.burn_in  # this is step number step + 1 > burn_in
+            cross = inA & (sc >= zA) & counted
+            # a crossing straight into the escape set has q = 1: counted, not sampled
+            ndirect = ndirect + (cross & new.escaped)
+            take = cross & ~new.escaped
+            count = count + take
+            # reservoir: keep the c-th crossing with probability 1/c
+            u = jax.vmap(lambda k, c: jax.random.randint(
+                jax.random.fold_in(jax.random.fold_in(k, 4), c), (), 0, jnp.maximum(c, 1)))(
+                    new.key, count)
+            res = _tree_where(take & (u == 0), new, res)
+            nesc = nesc + (new.escaped & counted)
+            # recycle escaped walkers at x0 (keys and step counters continue)
+            back = jax.vmap(lambda m: fresh(m.key, hp, data, init_params, m.t))(new)
+            esc = new.escaped
+            new = _tree_where(esc, back, new)
+            inA = esc | (sc < zA)  # a recycled walker restarts at x0, inside the basin
+            return (new, inA, count, ndirect, nesc, res), None
+
+        (walkers, _, count, ndirect, nesc, res), _ = jax.lax.scan(
+            flux_body, (walkers, inA0, count0, count0, esc0, walkers),
+            jnp.arange(b.flux_steps))
+        total = jnp.sum(count)
+
+        # ---------------- AMS: initial particles from the pool of crossings
+        cum = jnp.cumsum(count)
+        draw = jax.random.randint(jax.random.fold_in(rkey, 1), (N,), 0, jnp.maximum(total, 1))
+        src = jnp.searchsorted(cum, draw, side="right")
+        src = jnp.minimum(src, Wn - 1)
+        parts = _take(res, src)
+        slots = jnp.arange(N)
+        pkeys = jax.vmap(lambda k, j: jax.random.fold_in(jax.random.fold_in(k, 0), j))(
+            parts.key, slots)
+        parts = parts._replace(key=pkeys, t=jnp.zeros(N, jnp.int32), k=jnp.zeros(N, jnp.int32))
+        # the levels: G evenly spaced importance values from the lowest start to the target
+        low = jnp.min(jnp.where(jnp.isfinite(parts.imp), parts.imp, zB))
+        grid = low + (zB - low) * jnp.arange(1, G + 1) / G
+
+        def level_of(m):  # number of grid levels ≤ m; G + 1 once escaped
+            return jnp.where(jnp.isposinf(m), G + 1,
+                             jnp.sum(m[..., None] >= grid, axis=-1)).astype(jnp.int32)
+
+        maxlev = level_of(parts.imp)
+        levels = jnp.arange(1, G + 2)  # snapshot j - 1 holds the first state at level ≥ j
+        snaps = jax.tree_util.tree_map(
+            lambda x: jnp.broadcast_to(x[:, None], (N, G + 1) + x.shape[1:]), parts)
+
+        def run_trials(parts, snaps, maxlev, active):
+            """Run the active particles until they escape or re-enter the basin."""
+
+            def cond(c):
+                _, _, _, act, n, _ = c
+                return jnp.any(act) & (n < b.max_trial_steps * K)
+
+            def body(c):
+                s, sn, ml, act, n, work = c
+                new, sc, commit = jax.vmap(lambda m: substep(m, hp, data))(s)
+                lev = level_of(new.imp)
+                work = work + jnp.sum(act).astype(work.dtype)
+                up = act & (lev > ml)
+                # store the state at the first crossing of every level newly reached
+                fresh_lv = up[:, None] & (levels[None, :] > ml[:, None]) & \
+                    (levels[None, :] <= lev[:, None])
+                sn = jax.tree_util.tree_map(
+                    lambda a, x: jnp.where(
+                        jnp.reshape(fresh_lv, fresh_lv.shape + (1,) * (a.ndim - 2)),
+                        x[:, None], a), sn, new)
+                ml = jnp.where(up, lev, ml)
+                s = _tree_where(act, new, s)
+                done = new.escaped | (commit & (sc < zA))
+                act = act & ~done
+                return s, sn, ml, act, n + 1, work
+
+            parts, snaps, maxlev, active, n, work = jax.lax.while_loop(
+                cond, body, (parts, snaps, maxlev, active, jnp.int32(0), jnp.zeros(())))
+            return parts, snaps, maxlev, jnp.any(active), work
+
+        active0 = ~parts.escaped & (total > 0)
+        parts, snaps, maxlev, stuck, work0 = run_trials(parts, snaps, maxlev, active0)
+
+        kill = b.kill
+
+        def ams_cond(c):
+            _, _, maxlev, _, it, stop, _, _, _ = c
+            return ~stop & (it <= G + 1)
+
+        def ams_body(c):
+            parts, snaps, maxlev, logf, it, stop, extinct, stuck, work = c
+            q = jnp.sort(maxlev)[kill - 1]
+            finished = q >= G + 1
+            killed = maxlev <= q
+            nk = jnp.sum(killed)
+            dead = ~finished & (nk == N)
+            go = ~finished & ~dead
+            # parents: uniform among survivors, one draw per killed slot
+            ckey = jax.random.fold_in(jax.random.fold_in(rkey, 2), it)
+            r = jax.random.randint(ckey, (N,), 0, jnp.maximum(N - nk, 1))
+            surv_idx = jnp.argsort(killed, stable=True)  # survivors first, in order
+            parent = surv_idx[r]
+            lvl = jnp.minimum(q + 1, G + 1)
+            branch = jax.vmap(lambda p: _take(snaps, (p, lvl - 1)))(parent)
+            ckeys = jax.vmap(lambda k, j: jax.random.fold_in(jax.random.fold_in(k, lvl), j))(
+                branch.key, slots)
+            branch = branch._replace(key=ckeys, t=jnp.zeros(N, jnp.int32))
+            blev = jnp.maximum(level_of(branch.imp), lvl)
+            replace = go & killed
+            parts = _tree_where(replace, branch, parts)
+            snaps = _tree_where(replace, _take(snaps, parent), snaps)
+            maxlev = jnp.where(replace, blev, maxlev)
+            parts, snaps, maxlev, st, w = run_trials(parts, snaps, maxlev,
+                                                     replace & (blev <= G))
+            logf = logf + jnp.where(go, jnp.log1p(-nk / N), 0.0)
+            return (parts, snaps, maxlev, logf, it + go, finished | dead, extinct | dead,
+                    stuck | st, work + w)
+
+        init = (parts, snaps, maxlev, jnp.zeros(()), jnp.int32(0), total == 0,
+                jnp.bool_(False), stuck, work0)
+        parts, snaps, maxlev, logf, it, _, extinct, stuck, work = jax.lax.while_loop(
+            ams_cond, ams_body, init)
+        frac = jnp.mean(maxlev == G + 1)
+        prob = jnp.where(extinct | (total == 0), 0.0, jnp.exp(logf) * frac)
+        return {"crossings": total, "direct": jnp.sum(ndirect), "escapes": jnp.sum(nesc),
+                "prob": prob, "iterations": it,
+                "extinct": extinct, "stuck": stuck, "top": jnp.max(maxlev),
+                "x0_score": x0_score, "trial_substeps": work}
+
+    def chunk(rids, hp, zA, zB, base_key, data):
+        global TRACE_COUNT
+        TRACE_COUNT += 1
+        return jax.vmap(lambda r: replica(r, hp, zA, zB, base_key, data))(rids)
+
+    return jax.jit(chunk)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_program(spec: _Spec):
+    return _program(spec)
+
+
+def _hp_arrays(optimizer: Optimizer, hp: Mapping[str, Any]) -> dict:
+    out = dict(optimizer.defaults)
+    out.update(hp)
+    missing = [k for k in optimizer.required if k not in out]
+    if missing:
+        fail("hp", sorted(hp), f"the optimizer needs {', '.join(missing)}")
+    bad = [k for k in out if k not in optimizer.accepted]
+    if bad:
+        fail("hp", bad[0], "not read by the optimizer; accepted: " + ", ".join(optimizer.accepted))
+    arrs = {}
+    for k, v in out.items():
+        a = np.asarray(v, dtype=float)
+        if a.ndim != 0 or not np.isfinite(a):
+            fail(k, v, "expected one finite number (splitting runs one grid point at a time)")
+        arrs[k] = jnp.asarray(a, dtype=jnp.result_type(float))
+    return arrs
+
+
+def estimate(problem: Problem, optimizer: Optimizer, hp: Mapping[str, Any], *,
+             score: Callable[[Observation], Any], basin: float, target: float,
+             event: str | Callable[[Observation], Any] = "escaped", budget: Budget | None = None,
+             seed: int = 0, chunk: int | None = None,
+             checkpoint: str | os.PathLike | None = None) -> SplittingResult:
+    """Mean escape time τ of one SGD chain by flux × adaptive multilevel splitting.
+
+    See the module docstring for the method. ``escape`` (the event) must imply
+    ``score ≥ target``'s side of the basin: an escaped state counts as the top level.
+
+    Args:
+      problem: the training problem (its data source must be shared).
+      optimizer, hp: the optimizer and one point of hyperparameters (numbers);
+        ``hp["noise_std"]`` adds Gaussian gradient noise (split into sub-kicks).
+      score: ``Observation -> scalar`` reaction coordinate, larger toward escape.
+      basin: z_A; the start must score below it.
+      target: z_B > z_A, the top level (the escape set's score).
+      event: the escape set: a problem event name or a predicate.
+      budget: :class:`Budget`.
+      seed: base seed; replica r uses ``fold_in(key(seed), r)`` only.
+      chunk: replicas per compiled call (default: all); results do not depend on it.
+      checkpoint: an ``.npz`` path; finished chunks are saved there and reused.
+
+    Returns:
+      :class:`SplittingResult`.
+
+    Raises:
+      ValueError: bad settings, or a run that cannot give an estimate (the message
+        names the setting to change).
+    """
+    b = budget or Budget()
+    if not isinstance(problem, Problem):
+        fail("problem", type(problem).__name__, "expected an sgdlab Problem")
+    if not problem.data.shared:
+        fail("problem", problem.name, "splitting needs a problem whose data source is shared")
+    zA = finite_float("basin", basin)
+    zB = finite_float("target", target)
+    if not zB > zA:
+        fail("target", target, f"expected a level above basin={zA:g}")
+    if isinstance(event, str):
+        if event not in problem.events:
+            fail("event", event, "expected one of the problem's events: "
+                 + ", ".join(problem.events) or "(none)")
+        event_fn = problem.events[event]
+    else:
+        event_fn = event
+    hpa = _hp_arrays(optimizer, hp)
+    if b.substeps > 1 and "noise_std" not in hpa:
+        fail("substeps", b.substeps, "sub-kicks split the Gaussian noise hp['noise_std']; "
+             "without it use substeps=1")
+    R = b.replicas
+    chunk = R if chunk is None else positive_int("chunk", chunk)
+    chunk = min(chunk, R)
+    spec = _Spec(problem, optimizer, score, event_fn, b, tuple(sorted(hpa)))
+    prog = _cached_program(spec)
+    zBj = jnp.asarray(zB, dtype=jnp.result_type(float))
+    zAj = jnp.asarray(zA, dtype=jnp.result_type(float))
+    base_key = jax.random.PRNGKey(seed)
+    data = problem.data.init(jax.random.fold_in(base_key, 10**6))
+    t0 = time.perf_counter()
+    n_chunks = math.ceil(R / chunk)
+    done: dict[int, dict] = {}
+    ident = np.asarray([seed, R, chunk, b.walkers, b.flux_steps, b.particles, b.levels,
+                        b.substeps], dtype=np.int64)
+    if checkpoint is not None and os.path.exists(checkpoint):
+        with np.load(checkpoint) as z:
+            if np.array_equal(z["ident"], ident):
+                for c in range(n_chunks):
+                    if f"c{c}_prob" in z:
+                        done[c] = {k[len(f"c{c}_"):]: z[k] for k in z.files
+                                   if k.startswith(f"c{c}_")}
+    for c in range(n_chunks):
+        if c in done:
+            continue
+        rids = jnp.arange(c * chunk, (c + 1) * chunk, dtype=jnp.int32)
+        out = prog(rids, hpa, zAj, zBj, base_key, data)
+        done[c] = {k: np.asarray(v) for k, v in out.items()}
+        if checkpoint is not None:
+            flat = {f"c{i}_{k}": v for i, d in done.items() for k, v in d.items()}
+            tmp = f"{checkpoint}.tmp.npz"
+            np.savez(tmp, ident=ident, **flat)
+            os.replace(tmp, checkpoint)
+    res = {k: np.concatenate([done[c][k] for c in range(n_chunks)])[:R] for k in done[0]}
+    seconds = time.perf_counter() - t0
+    return _summarize(res, b, zA, zB, seconds)
+
+
+def _summarize(res: dict, b: Budget, zA: float, zB: float, seconds: float) -> SplittingResult:
+    if np.any(res["x0_score"] >= zA):
+        fail("basin", zA, f"the start scores {float(res['x0_score'][0]):.4g}; the basin level "
+             "must lie above the start's score")
+    if np.any(res["crossings"] + res["direct"] == 0):
+        fail("basin", zA, f"no walker left the basin (score ≥ {zA:.4g}) after burn_in in "
+             f"{int(np.sum(res['crossings'] + res['direct'] == 0))} replica(s): lower basin or "
+             "raise walkers/flux_steps")
+    if np.any(res["stuck"]):
+        fail("max_trial_steps", b.max_trial_steps, "a trial neither escaped nor returned to "
+             "the basin within it: raise max_trial_steps or basin")
+    n_ext = int(np.sum(res["extinct"]))
+    if n_ext > res["extinct"].size // 2:
+        top = int(np.max(res["top"]))
+        if top == b.levels:
+            fail("target", zB, f"the score reached the target level {zB:.4g} in the trials, "
+                 "but no particle entered the escape set: the score may never reach the "
+                 "target inside the escape set (check score, target and event)")
+        where = "the escape set" if top > b.levels else f"level {top} of {b.levels}"
+        fail("particles", b.particles, f"the population died out in {n_ext} of "
+             f"{res['extinct'].size} replicas (all particles tied at one level, highest "
+             f"reached {where}): raise particles, levels or substeps")
+    W = b.walkers * (b.flux_steps - b.burn_in)
+    attempts = res["crossings"] + res["direct"]
+    flux = attempts / W
+    rate = (res["direct"] + res["crossings"] * res["prob"]) / W
+    prob = rate / flux
+    inv = interval(rate)
+    if not inv.value > 0:
+        fail("particles", b.particles, "every replica estimated probability 0")
+    q = _t_quantile(rate.size - 1)
+    tau = 1.0 / inv.value
+    tau_se = inv.se / inv.value**2
+    tau_hi = 1.0 / inv.lo if inv.lo > 0 else math.inf
+    mfpt = Estimate(tau, tau_se, 1.0 / inv.hi, tau_hi)
+    del q
+    trial_steps = float(np.sum(res["trial_substeps"])) / b.substeps
+    return SplittingResult(
+        inverse_mfpt=inv, mfpt=mfpt, probability=interval(prob), flux=interval(flux),
+        brute_rate=interval(res["escapes"] / W), rate=rate, prob=prob,
+        crossings=attempts, escapes=res["escapes"], iterations=res["iterations"],
+        extinct=res["extinct"], walker_steps=W,
+        member_steps=float(b.replicas * b.walkers * b.flux_steps) + trial_steps,
+        seconds=seconds)
