@@ -6,7 +6,7 @@ ratios are comparable even on a loaded machine. Times are wall-clock around
 ``jax.block_until_ready``; the first (compiling) run is excluded and reported as
 ``compile_s = first − median``; the figure is the median of ``--repeats`` runs.
 Each engine repeat uses a different hyperparameter grid of the same shape, and the
-change of ``sgdlab.engine.TRACE_COUNT`` over the repeats is reported (0 = no
+change of ``sgdlab.engine.trace_count()`` over the repeats is reported (0 = no
 recompilation).
 
 Throughput is member-steps per second: members (grid points × seeds) × steps /
@@ -491,11 +491,11 @@ def run_case(case: Case, size: str, repeats: int, use_torch: bool, profile: bool
         wait(fn(r))
         return time.perf_counter() - t0
 
-    traces0 = engine.TRACE_COUNT
+    traces0 = engine.trace_count()
     first = {}
     for name, fn, _, _ in jobs:
         first[name] = timed(fn if name == "engine" else (lambda r, fn=fn: fn()), 0)
-    traces1 = engine.TRACE_COUNT
+    traces1 = engine.trace_count()
     rounds: dict[str, list[float]] = {name: [] for name, *_ in jobs}
     lim_rounds = []
     for r in range(1, repeats + 1):
@@ -503,7 +503,7 @@ def run_case(case: Case, size: str, repeats: int, use_torch: bool, profile: bool
             t = timed(fn if name == "engine" else (lambda r, fn=fn: fn()), r)
             rounds[name].append(m * s / t)
         lim_rounds.append(_quick_limits(limits))
-    traces2 = engine.TRACE_COUNT
+    traces2 = engine.trace_count()
 
     msps = {name: statistics.median(v) for name, v in rounds.items()}
     engine_msps = msps.pop("engine")

@@ -8,14 +8,40 @@ Front door::
                      steps=2000, seeds=1000,
                      stationary=sl.Stationary(("w2",), burn_in=500))
     ds = sl.run(study)
+
+Attributes: the engine (``sl.Study``, ``sl.run``, ``sl.plan``, the recorders
+``sl.Observe``/``sl.Stationary``/``sl.FirstPassage``, ``sl.Optimizer``),
+``sl.problems``, ``sl.data``, ``sl.models``, ``sl.losses``, ``sl.load``/``sl.save``,
+and the submodules ``sl.engine``, ``sl.results``, ``sl.analysis``, ``sl.plots``,
+``sl.theory``, ``sl.experiments`` (the last four imported on first use).
 """
 
 __version__ = "0.1.0"
 
-from sgdlab import data, losses, models, problems  # noqa: E402
+import importlib
+
+from sgdlab import data, engine, losses, models, optim, problems, results  # noqa: E402
 from sgdlab.engine import FirstPassage, Observe, Plan, Stationary, Study, plan, run  # noqa: E402
 from sgdlab.optim import Optimizer  # noqa: E402
+from sgdlab.problems import Observation, Problem  # noqa: E402
 from sgdlab.results import load, save  # noqa: E402
 
+_LAZY = ("analysis", "plots", "theory", "experiments", "cli")
+
+
+def __getattr__(name: str):
+    """Import the heavier submodules (matplotlib, scipy, the experiments) on first use."""
+    if name in _LAZY:
+        module = importlib.import_module(f"sgdlab.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'sgdlab' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = ["Study", "Observe", "Stationary", "FirstPassage", "Optimizer", "Plan", "run", "plan",
-           "load", "save", "data", "losses", "models", "problems", "__version__"]
+           "load", "save", "data", "losses", "models", "problems", "engine", "optim", "results",
+           "Problem", "Observation", "analysis", "plots", "theory", "experiments", "__version__"]

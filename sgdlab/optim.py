@@ -13,7 +13,19 @@ is ``m_t = μ m_{t-1} + g_t; w_t = w_{t-1} - λ m_t``; Nesterov is optax's
 ½ is 1/√n, 1 is 1/n (non-summable), 2 is 1/n² (summable); Hutzenthaler et al.
 (arXiv:2112.07369).
 
-Hyperparameter names (keys of ``hp``):
+Any ``hp -> optax.GradientTransformation`` factory is an optimizer too::
+
+    def clipped_sgd(hp):
+        return optax.chain(optax.clip_by_global_norm(hp["clip"]), optax.sgd(hp["learning_rate"]))
+
+    sl.Optimizer(clipped_sgd)          # sweep {"clip": [...], "learning_rate": [...]}
+
+Every number the factory reads from ``hp`` is traced (sweepable, no recompile); the
+keys it reads are found by calling it once, and a study must give each of them (or
+``Optimizer(factory, defaults={...})`` does). The named optimizers below are such
+factories, and so are schedules (``hp -> step size or count -> step size``).
+
+Hyperparameter names of the named optimizers (keys of ``hp``):
 
 ==================  =========================================================
 ``learning_rate``   λ, for ``schedule="constant"``
@@ -28,7 +40,9 @@ Hyperparameter names (keys of ``hp``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,16 +51,52 @@ import optax
 
 from sgdlab._validate import choice, fail
 
-NAMES = ("sgd", "momentum", "nesterov", "adam")
-SCHEDULES = ("constant", "power")
+Factory = Callable[[Mapping[str, Any]], optax.GradientTransformation]
+Schedule = Callable[[Mapping[str, Any]], Any]
 
-_REQUIRED = {
-    "sgd": (),
-    "momentum": ("momentum",),
-    "nesterov": ("momentum",),
-    "adam": (),
+
+def _constant(hp):
+    return hp["learning_rate"]
+
+
+def _power(hp):
+    gamma0, alpha, n0 = hp["gamma0"], hp["alpha"], hp["n0"]
+    return lambda count: gamma0 / (count + 1 + n0) ** alpha
+
+
+SCHEDULE_FNS: dict[str, tuple[Schedule, dict[str, float]]] = {
+    "constant": (_constant, {}),
+    "power": (_power, {"n0": 0.0}),
 }
-_DEFAULTS = {"adam": {"b1": 0.9, "b2": 0.999, "eps": 1e-8}}
+"""Named schedules: ``hp -> step size (or count -> step size)``, and their defaults."""
+
+
+def _sgd(lr, hp):
+    return optax.sgd(lr)
+
+
+def _momentum(lr, hp):
+    return optax.sgd(lr, momentum=hp["momentum"], nesterov=False)
+
+
+def _nesterov(lr, hp):
+    return optax.sgd(lr, momentum=hp["momentum"], nesterov=True)
+
+
+def _adam(lr, hp):
+    return optax.adam(lr, b1=hp["b1"], b2=hp["b2"], eps=hp["eps"])
+
+
+OPTIMIZER_FNS: dict[str, tuple[Callable, dict[str, float]]] = {
+    "sgd": (_sgd, {}),
+    "momentum": (_momentum, {}),
+    "nesterov": (_nesterov, {}),
+    "adam": (_adam, {"b1": 0.9, "b2": 0.999, "eps": 1e-8}),
+}
+"""Named optimizers: ``(step size, hp) -> optax transformation``, and their defaults."""
+
+NAMES = tuple(OPTIMIZER_FNS)
+SCHEDULES = tuple(SCHEDULE_FNS)
 OPTIONAL = ("weight_decay", "noise_std")
 # Range checks applied when a study is built: (low, high, open-low).
 RANGES = {
@@ -63,72 +113,177 @@ RANGES = {
 }
 
 
+class _Reads(Mapping):
+    """A stand-in ``hp`` that records which keys a factory reads."""
+
+    def __init__(self):
+        self.keys_read: list[str] = []
+
+    def __getitem__(self, key):
+        if key not in self.keys_read:
+            self.keys_read.append(key)
+        return jnp.asarray(0.01)
+
+    def __contains__(self, key):
+        self[key]
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys_read)
+
+    def __len__(self) -> int:
+        return len(self.keys_read)
+
+
+def reads(fn: Callable, *args) -> tuple[str, ...]:
+    """The ``hp`` keys ``fn(hp, *args)`` reads (calling it once on placeholder values)."""
+    hp = _Reads()
+    try:
+        out = fn(hp, *args)
+        if callable(out) and not isinstance(out, optax.GradientTransformation):
+            out(jnp.asarray(0))  # a schedule count -> value reads when called
+    except Exception as e:  # noqa: BLE001
+        name = getattr(fn, "__name__", "factory")
+        raise ValueError(f"optimizer={name!r} is invalid: calling it with hp failed "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         "it must map hp (name -> traced scalar) to an optax "
+                         "GradientTransformation") from None
+    return tuple(hp.keys_read)
+
+
+def _fn_name(fn) -> str:
+    return getattr(fn, "__qualname__", getattr(fn, "__name__", type(fn).__name__))
+
+
 @dataclass(frozen=True)
 class Optimizer:
-    """Static description of an optimizer; numbers come from ``hp`` at run time.
+    """An optimizer as static structure; its numbers come from ``hp`` at run time.
 
     Args:
-      name: ``"sgd"``, ``"momentum"`` (heavy ball), ``"nesterov"`` or ``"adam"``.
-      schedule: ``"constant"`` (uses ``learning_rate``) or ``"power"``
-        (``γ0/(n+n0)^α``, uses ``gamma0``, ``alpha``, ``n0``).
+      name: ``"sgd"``, ``"momentum"`` (heavy ball), ``"nesterov"``, ``"adam"``, or any
+        factory ``hp -> optax.GradientTransformation`` (every number it reads from
+        ``hp`` is then a traced, sweepable hyperparameter).
+      schedule: ``"constant"`` (uses ``learning_rate``), ``"power"``
+        (``γ0/(n+n0)^α``, uses ``gamma0``, ``alpha``, ``n0``), or a function
+        ``hp -> step size`` or ``hp -> (count -> step size)`` (named optimizers only).
       preconditioner: a fixed matrix P applied to the gradient of vector
         parameters before the rest of the update, so the matrix learning rate is
         ``Λ = λP`` (damped Newton: ``P = A⁻¹``; natural gradient: ``P = F⁻¹``;
         Liu, Ziyin & Ueda 2021, Sec. 5).
+      defaults: values for ``hp`` keys a factory or schedule function reads that a
+        study may leave out.
+      factory: the factory (also accepted as ``name``).
     """
 
-    name: str = "sgd"
-    schedule: str = "constant"
+    name: str | Factory = "sgd"
+    schedule: str | Schedule = "constant"
     preconditioner: tuple[tuple[float, ...], ...] | None = None
+    defaults_: tuple[tuple[str, float], ...] | None = field(default=None, repr=False)
+    factory: Factory | None = None
 
-    def __post_init__(self):
-        choice("optimizer", self.name, NAMES)
-        choice("schedule", self.schedule, SCHEDULES)
+    def __init__(self, name: str | Factory = "sgd", schedule: str | Schedule = "constant",
+                 preconditioner=None, *, defaults: Mapping[str, float] | None = None,
+                 factory: Factory | None = None, defaults_=None):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        if defaults is None and defaults_ is not None:  # dataclasses.replace passes the field
+            defaults = dict(defaults_)
+        if callable(name):
+            factory, name = name, _fn_name(name)
+        if factory is not None and not callable(factory):
+            fail("optimizer", factory, "expected a name or a function hp -> optax transformation")
+        set_("name", name)
+        set_("schedule", schedule)
+        set_("preconditioner", preconditioner)
+        set_("factory", factory)
+        set_("defaults_", None if defaults is None else
+             tuple((str(k), float(v)) for k, v in dict(defaults).items()))
+        if factory is None:
+            choice("optimizer", self.name, NAMES)
+        elif not isinstance(self.name, str):
+            fail("optimizer", self.name, "expected a name")
+        if not callable(schedule):
+            choice("schedule", self.schedule, SCHEDULES)
         if self.preconditioner is not None:
             p = np.asarray(self.preconditioner, dtype=float)
             if p.ndim != 2 or p.shape[0] != p.shape[1] or not np.all(np.isfinite(p)):
                 fail("preconditioner", np.shape(self.preconditioner),
                      "expected a finite square matrix (nested tuples)")
-            object.__setattr__(self, "preconditioner", tuple(map(tuple, p.tolist())))
+            set_("preconditioner", tuple(map(tuple, p.tolist())))
+        self.reads()  # a factory that cannot be called fails here, in one line
 
-    @property
-    def required(self) -> tuple[str, ...]:
-        """Hyperparameters the study must provide."""
-        lr = ("learning_rate",) if self.schedule == "constant" else ("gamma0", "alpha")
-        return lr + _REQUIRED[self.name]
+    # ---- which hp keys
+    def reads(self) -> tuple[str, ...]:
+        """Every ``hp`` key the transformation reads (``weight_decay``/``noise_std`` aside)."""
+        cached = self.__dict__.get("_reads")
+        if cached is None:
+            if self.factory is not None:
+                cached = reads(self.factory)
+            else:
+                sched = self.schedule if callable(self.schedule) else \
+                    SCHEDULE_FNS[self.schedule][0]
+                cached = reads(sched) + tuple(
+                    k for k in reads(lambda hp: OPTIMIZER_FNS[self.name][0](0.1, hp))
+                    if k not in reads(sched))
+            object.__setattr__(self, "_reads", cached)
+        return cached
 
     @property
     def defaults(self) -> dict[str, float]:
         """Hyperparameters with a default value, used when not given."""
-        d = dict(_DEFAULTS.get(self.name, {}))
-        if self.schedule == "power":
-            d["n0"] = 0.0
-        return d
+        d: dict[str, float] = {}
+        if self.factory is None:
+            d.update(OPTIMIZER_FNS[self.name][1])
+            if not callable(self.schedule):
+                d.update(SCHEDULE_FNS[self.schedule][1])
+        d.update(dict(self.defaults_ or ()))
+        return {k: v for k, v in d.items() if k in self.reads()}
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """Hyperparameters the study must provide."""
+        return tuple(k for k in self.reads() if k not in self.defaults)
 
     @property
     def accepted(self) -> tuple[str, ...]:
         """Every hyperparameter name this optimizer reads."""
         return self.required + tuple(self.defaults) + OPTIONAL
 
+    @property
+    def label(self) -> str:
+        """``name`` with the schedule, for messages."""
+        sched = self.schedule if isinstance(self.schedule, str) else _fn_name(self.schedule)
+        return f"{self.name!r} (schedule {sched!r})" if self.factory is None else repr(self.name)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description (the named optimizers keep their historical form)."""
+        d: dict[str, Any] = {
+            "name": self.name,
+            "schedule": self.schedule if isinstance(self.schedule, str)
+            else f"{_fn_name(self.schedule)} (function)",
+            "preconditioner": self.preconditioner,
+        }
+        if self.factory is not None:
+            d["factory"] = f"{getattr(self.factory, '__module__', '?')}.{_fn_name(self.factory)}"
+        if self.defaults_:
+            d["defaults"] = dict(self.defaults_)
+        return d
+
+    # ---- the transformation
     def learning_rate(self, hp):
         """The step size: a scalar, or a schedule ``count -> γ`` (count = updates so far)."""
-        if self.schedule == "constant":
-            return hp["learning_rate"]
-        gamma0, alpha, n0 = hp["gamma0"], hp["alpha"], hp["n0"]
-        return lambda count: gamma0 / (count + 1 + n0) ** alpha
+        if callable(self.schedule):
+            return self.schedule(hp)
+        return SCHEDULE_FNS[self.schedule][0](hp)
 
     def build(self, hp) -> optax.GradientTransformation:
         """The optax transformation for one member's hyperparameters ``hp``."""
-        lr = self.learning_rate(hp)
-        if self.name == "sgd":
-            tx = optax.sgd(lr)
-        elif self.name in ("momentum", "nesterov"):
-            tx = optax.sgd(lr, momentum=hp["momentum"], nesterov=self.name == "nesterov")
+        if self.factory is not None:
+            tx = self.factory(hp)
         else:
-            tx = optax.adam(lr, b1=hp["b1"], b2=hp["b2"], eps=hp["eps"])
+            tx = OPTIMIZER_FNS[self.name][0](self.learning_rate(hp), hp)
         if self.preconditioner is not None:
             tx = optax.chain(_precondition(jnp.asarray(self.preconditioner)), tx)
-        if "weight_decay" in hp:
+        if "weight_decay" in hp and "weight_decay" not in self.reads():
             tx = optax.chain(optax.add_decayed_weights(hp["weight_decay"]), tx)
         return tx
 

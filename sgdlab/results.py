@@ -13,8 +13,11 @@ with the values as coordinates):
   averages), ``stationary_<obs>_n``;
 * ``diverged_step`` -- ``(G..., seed)``: the step a member diverged at, -1 if
   never; ``n_diverged`` -- ``(G...)``;
-* ``event_step``, ``event_censored`` -- ``(G..., seed)``: first-passage step (-1
-  and censored at ``steps`` if the event never happened).
+* ``event_step``, ``event_censored`` -- ``(G..., seed)``, plus the event dimension
+  for a vector predicate: first-passage step (-1 and censored at ``steps`` if the
+  event never happened);
+* the variables of user recorders (their ``to_dataset``);
+* a static sweep (``Study(static=...)``) puts one dimension per static name in front.
 
 Attributes: ``sgdlab_config`` (JSON of the full study), ``sgdlab_versions``
 (JSON), ``device``, ``runtime_s``, ``plan``, ``sgdlab_format``.
@@ -35,67 +38,30 @@ FORMAT = 1
 """Result-store format; stores with a different one are refused on load."""
 
 
-def _obs_dims(name: str, extra: tuple[int, ...]) -> tuple[str, ...]:
-    return tuple(f"{name}_dim{i}" for i in range(len(extra)))
-
-
-def _grid_first(study, arr: np.ndarray) -> np.ndarray:
-    """``[S, G, rest...]`` -> ``[G..., S, rest...]``."""
-    s = arr.shape[0]
-    arr = arr.reshape((s,) + study.grid_shape + arr.shape[2:])
-    ng = len(study.grid_shape)
-    return np.moveaxis(arr, 0, ng)
-
-
-def _grid_unflat(study, arr: np.ndarray) -> np.ndarray:
-    """``[G, rest...]`` -> ``[G..., rest...]``."""
-    return arr.reshape(study.grid_shape + arr.shape[1:])
-
-
 def to_dataset(study, prog, out: dict, plan, runtime_s: float) -> xr.Dataset:
-    """Assemble the engine's host-side output into the labeled Dataset."""
-    from sgdlab.engine import config_json, device_description, versions
+    """Assemble the engine's host-side output into the labeled Dataset.
 
-    gdims = tuple(study.grid)
+    Each recorder contributes its coordinates and variables (``to_dataset`` of the
+    recorder protocol); the divergence flags come from the member state.
+    """
+    from sgdlab.engine._state import STREAM_VERSION
+    from sgdlab.provenance import config_json, device_description, versions
+
+    gdims = prog.gdims
     coords: dict = {k: v for k, v in study.grid.items()}
     coords["seed"] = np.arange(study.seeds)
     data_vars: dict = {}
-    if prog.record_steps is not None:
-        coords["step"] = prog.record_steps
-        for name, v in out.get("values", {}).items():
-            v = _grid_first(study, v)
-            data_vars[name] = (gdims + ("seed", "step") + _obs_dims(name, v.shape[len(gdims) + 2:]),
-                               v)
-        for name, (n, mean, m2) in out.get("stats", {}).items():
-            extra = mean.shape[2:]
-            dims = gdims + ("step",) + _obs_dims(name, extra)
-            nb = n.reshape(n.shape + (1,) * len(extra))
-            var = np.where(nb > 1, m2 / np.maximum(nb - 1, 1), np.nan)
-            data_vars[f"{name}_mean"] = (dims, _grid_unflat(study, mean))
-            data_vars[f"{name}_var"] = (dims, _grid_unflat(study, var))
-            data_vars[f"{name}_n"] = (gdims + ("step",), _grid_unflat(study, n))
-    if "stationary" in out:
-        coords["batch"] = np.arange(prog.n_batches)
-        for name, d in out["stationary"].items():
-            n, mean, m2 = d["stats"]
-            extra = mean.shape[1:]
-            dims = gdims + _obs_dims(name, extra)
-            nb = n.reshape(n.shape + (1,) * len(extra))
-            se = np.where(nb > 1, np.sqrt(m2 / np.maximum(nb - 1, 1) / np.maximum(nb, 1)), np.nan)
-            data_vars[f"stationary_{name}_mean"] = (dims, _grid_unflat(study, mean))
-            data_vars[f"stationary_{name}_se"] = (dims, _grid_unflat(study, se))
-            data_vars[f"stationary_{name}_n"] = (gdims, _grid_unflat(study, n))
-            if d["batch_means"] is not None:
-                bm = _grid_first(study, d["batch_means"])
-                data_vars[f"stationary_{name}"] = (gdims + ("seed", "batch") + dims[len(gdims):],
-                                                   bm)
-    div = _grid_first(study, out["diverged_step"])
+    for r in prog.recorders:
+        c, v = r.to_dataset(prog, out["records"][r.name])
+        coords.update(c)
+        data_vars.update(v)
+    div = prog.grid_first(out["diverged_step"])
     data_vars["diverged_step"] = (gdims + ("seed",), div)
     data_vars["n_diverged"] = (gdims, np.sum(div >= 0, axis=-1))
-    if prog.event_fn is not None:
-        ev = _grid_first(study, out["event_step"])
-        data_vars["event_step"] = (gdims + ("seed",), ev)
-        data_vars["event_censored"] = (gdims + ("seed",), ev < 0)
+    if study.first_passage is not None:
+        c, v = study.first_passage.to_dataset(prog, out["first_passage"])
+        coords.update(c)
+        data_vars.update(v)
     attrs = {
         "sgdlab_format": FORMAT,
         "sgdlab_config": config_json(study),
@@ -104,6 +70,7 @@ def to_dataset(study, prog, out: dict, plan, runtime_s: float) -> xr.Dataset:
         "runtime_s": float(runtime_s),
         "plan": plan.describe(),
         "steps": study.steps,
+        "sgdlab_stream": STREAM_VERSION,
     }
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 

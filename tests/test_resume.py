@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -23,10 +24,32 @@ RUN = ["run", "lzu-stationary", "--quiet", "--set", "seeds=3000", "--set", "step
        "--checkpoint-steps", "1200"]
 
 
-def sgdlab(args, **kw):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "sgdlab.cli", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+class _Run:
+    """A CLI process whose output goes to files, so that it never blocks on a full pipe while
+    the test polls for its checkpoint (a warm compile cache can log a lot on stderr)."""
+
+    def __init__(self, args):
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.p = subprocess.Popen([sys.executable, "-m", "sgdlab.cli", *args], cwd=ROOT,
+                                  env=env, stdout=self.out, stderr=self.err, text=True)
+
+    def send_signal(self, sig):
+        self.p.send_signal(sig)
+
+    @property
+    def returncode(self):
+        return self.p.returncode
+
+    def communicate(self, timeout=None):
+        self.p.wait(timeout=timeout)
+        self.out.seek(0)
+        self.err.seek(0)
+        return self.out.read(), self.err.read()
+
+
+def sgdlab(args):
+    return _Run(args)
 
 
 def wait_for(pattern: str, root: Path, timeout=300):
@@ -109,7 +132,7 @@ def test_summary_json_is_never_partial(tmp_path):
     out = tmp_path / "run"
     script = textwrap.dedent(f"""
         import os, time, sys
-        import sgdlab.experiments as ex
+        import sgdlab.experiments._run as ex
         real = os.fsync
         def slow(fd):
             time.sleep(30)
@@ -129,25 +152,19 @@ def test_summary_json_is_never_partial(tmp_path):
     p.wait()
     assert not (out / "summary.json").exists()
     # the temporary file is the only trace; a later write replaces nothing partial
-    experiments._atomic_write_text(out / "summary.json", '{"ok": true}')
+    from sgdlab.experiments._run import _atomic_write_text
+    _atomic_write_text(out / "summary.json", '{"ok": true}')
     assert json.loads((out / "summary.json").read_text()) == {"ok": True}
 
 
-def test_engine_checkpoint_resume_in_process(tmp_path):
-    problem = sl.problems.noisy_quadratic(1.0, 1.0)
-    study = sl.Study(problem, sl.Optimizer("momentum"),
-                     {"learning_rate": [0.5, 1.0], "momentum": 0.3}, steps=400, seeds=40,
-                     segment_steps=20, block_seeds=8, chunk_size=16,
-                     observe=sl.Observe(("w", "risk"), num=6),
-                     stationary=sl.Stationary(("w2",), burn_in=50))
-    ref = sl.run(study, progress=False)
-    ckpt = sl.engine.Checkpoint(tmp_path / "c.npz", every_seconds=1e9, every_steps=60)
+def interrupt_at(study, ckpt, tick_number):
+    """Run ``study`` with a stop request at the ``tick_number``-th progress tick."""
     calls = {"n": 0}
     real = sl.engine.Progress.tick
 
     def tick(self, n=1, note=""):
         calls["n"] += 1
-        if calls["n"] == 33:  # in the middle of the second chunk
+        if calls["n"] == tick_number:
             sl.engine.request_stop()
         real(self, n, note)
 
@@ -158,25 +175,89 @@ def test_engine_checkpoint_resume_in_process(tmp_path):
     finally:
         sl.engine.Progress.tick = real
         sl.engine.clear_stop()
+
+
+def running_max():
+    """The user recorder of tests/test_open_engine.py (loaded by path: tests is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_open_engine",
+                                                  ROOT / "tests" / "test_open_engine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.RunningMax()
+
+
+def test_engine_checkpoint_resume_in_process(tmp_path):
+    RunningMax = running_max
+
+    problem = sl.problems.noisy_quadratic(1.0, 1.0)
+    study = sl.Study(problem, sl.Optimizer("momentum"),
+                     {"learning_rate": [0.5, 1.0], "momentum": 0.3}, steps=400, seeds=40,
+                     segment_steps=20, block_seeds=8, chunk_size=16,
+                     observe=sl.Observe(("w", "risk"), num=6),
+                     stationary=sl.Stationary(("w2",), burn_in=50), recorders=(RunningMax(),))
+    ref = sl.run(study, progress=False)
+    ckpt = sl.engine.Checkpoint(tmp_path / "c.npz", every_seconds=1e9, every_steps=60)
+    interrupt_at(study, ckpt, 33)  # in the middle of the second chunk
     meta = ckpt.read()[0]
     assert (meta["chunk"], meta["segment"]) == (1, 13)
+    assert meta["stream"] == sl.engine.STREAM_VERSION
     resumed = sl.run(study, progress=False, checkpoint=ckpt)
+    assert "max_abs_w" in resumed and "sum_abs_w" in resumed  # the user recorder resumed too
     for v in ref.data_vars:
         assert np.array_equal(ref[v].values, resumed[v].values, equal_nan=True), v
     with pytest.raises(ValueError, match="hparams.momentum"):
         sl.run(study.with_hparams(momentum=0.4), progress=False, checkpoint=ckpt)
 
 
+def test_checkpoint_of_another_random_stream_version_is_refused(tmp_path):
+    problem = sl.problems.noisy_quadratic(1.0, 1.0)
+    study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": [0.5]}, steps=100,
+                     seeds=8, segment_steps=10)
+    ckpt = sl.engine.Checkpoint(tmp_path / "c.npz", every_seconds=1e9, every_steps=10)
+    interrupt_at(study, ckpt, 3)
+    with np.load(ckpt.path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["stream"] = sl.engine.STREAM_VERSION + 1
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    with open(ckpt.path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError, match="^checkpoint=.*random-stream version") as e:
+        sl.run(study, progress=False, checkpoint=ckpt)
+    assert "\n" not in str(e.value)
+
+
+def test_static_sweep_resumes_bitwise(tmp_path):
+    A = np.diag([1.0, 0.5])
+    study = sl.Study(lambda batch_size: sl.problems.linear_regression(A, 0.5, batch_size),
+                     sl.Optimizer("sgd"), {"learning_rate": [0.1, 0.2]}, steps=200, seeds=24,
+                     segment_steps=20, block_seeds=8, chunk_size=8,
+                     static={"batch_size": [2, 8]}, observe=sl.Observe(("w",), num=5),
+                     stationary=sl.Stationary(("w2",), burn_in=50))
+    ref = sl.run(study, progress=False)
+    ckpt = tmp_path / "s.npz"
+    interrupt_at(study, sl.engine.Checkpoint(ckpt, every_seconds=1e9, every_steps=40), 45)
+    assert (tmp_path / "s.static1.npz").exists()  # stopped in the second combination
+    resumed = sl.run(study, progress=False, checkpoint=ckpt)
+    for v in ref.data_vars:
+        assert np.array_equal(ref[v].values, resumed[v].values, equal_nan=True), v
+
+
 def test_sharded_over_four_devices_is_bitwise_single_device():
     script = textwrap.dedent("""
+        import sys; sys.path.insert(0, "tests")
         import numpy as np, jax, sgdlab as sl
+        from test_open_engine import RunningMax
         assert len(jax.devices()) == 4
         problem = sl.problems.mlp_regression((3, 16, 1), target="teacher", inputs="gaussian",
                                              batch_size=4, reduction="half_mean", n_eval=32)
         study = sl.Study(problem, sl.Optimizer("momentum"),
                          {"learning_rate": [0.05, 0.1], "momentum": 0.9}, steps=60, seeds=50,
                          block_seeds=4, observe=sl.Observe(("loss", "risk"), num=4),
-                         stationary=sl.Stationary(("loss",), burn_in=20))
+                         stationary=sl.Stationary(("loss",), burn_in=20),
+                         recorders=(RunningMax(),))
         one = sl.run(study, progress=False, devices=1)
         four = sl.run(study, progress=False, devices=4)
         assert "4 device(s)" in four.attrs["plan"]

@@ -3,6 +3,8 @@ problem families."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -16,7 +18,22 @@ from sgdlab._validate import choice, fail
 
 
 class Observation(NamedTuple):
-    """What an observable or event predicate sees for one member."""
+    """What an observable or event predicate sees for one member after ``step`` updates.
+
+    Fields:
+      params: the parameters after ``step`` updates.
+      opt_state: the optimizer state.
+      loss: the minibatch loss of the last step, evaluated at the *pre-update*
+        parameters (the value SGD differentiated at step ``step``; at step 0 the
+        loss of the step-0 batch at the initial parameters). It is not the loss at
+        ``params``; use ``risk`` or your own function of ``params`` for that.
+      grad_norm: that step's gradient norm (injected noise included); tracked only
+        when ``"grad_norm"`` or a function observable/predicate is recorded.
+      params0: initial parameters (None unless an observable needs them).
+      step: number of updates done (int32 scalar).
+      hp: this member's hyperparameters, optimizer and problem ones (traced scalars).
+      data: the data drawn once (shared or per seed), as given to ``risk``.
+    """
 
     params: Any
     opt_state: Any
@@ -31,7 +48,16 @@ class Observation(NamedTuple):
 
 @dataclass(frozen=True, eq=False)
 class Problem:
-    """A training problem as pure functions (see the module docstring)."""
+    """A training problem as pure functions (see :mod:`sgdlab.problems`).
+
+    ``hyperparams`` declares the problem's sweepable numbers with their defaults
+    (an L2 strength, a noise scale, a target value...): ``{"l2": 0.0}``. A Study
+    accepts their names in its grid exactly like ``learning_rate`` (traced: one
+    compile for the whole sweep, one labeled Dataset dimension each); unswept
+    ones take the default. They reach ``loss(params, batch, hp)``,
+    ``risk(params, data, hp)``, observables and events as ``hp[name]``
+    (``Observation.hp``). A name an optimizer also reads is refused by the Study.
+    """
 
     name: str
     init: Callable[[jax.Array], Any]
@@ -42,6 +68,90 @@ class Problem:
     observables: Mapping[str, Callable[[Observation], jnp.ndarray]] = field(default_factory=dict)
     events: Mapping[str, Callable[[Observation], jnp.ndarray]] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
+    hyperparams: Mapping[str, float] = field(default_factory=dict)
+    arrays: Any = None
+    bind: Callable[[Any], Problem] | None = None
+    origin: Any = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.hyperparams, Mapping):
+            fail("hyperparams", self.hyperparams, "expected a mapping name -> default number")
+        hp = {}
+        for k, v in self.hyperparams.items():
+            if not isinstance(k, str) or not k.isidentifier():
+                fail("hyperparams", k, "names must be identifiers (strings)")
+            if isinstance(v, bool):
+                fail(f"hyperparams.{k}", v, "expected a finite number (the default)")
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                fail(f"hyperparams.{k}", v, "expected a finite number (the default)")
+            if not np.isfinite(x):
+                fail(f"hyperparams.{k}", v, "expected a finite number (the default)")
+            hp[k] = x
+        object.__setattr__(self, "hyperparams", hp)
+
+    @property
+    def is_pytree(self) -> bool:
+        """True when the functions are ``bind(arrays)``'s own (see :func:`from_arrays`).
+
+        A copy with a function replaced (``dataclasses.replace(p, loss=...)``) is no
+        longer one: it is then compiled as a closure, like any hand-built Problem.
+        """
+        return self.bind is not None and self.origin is not None and \
+            len(self.origin) == len(_functions(self)) and \
+            all(a is b for a, b in zip(self.origin, _functions(self), strict=True))
+
+    def static_key(self):
+        """What decides the compiled program: the binder and the array shapes (pytree
+        problems), or the object itself."""
+        if not self.is_pytree:
+            return self
+        leaves, treedef = jax.tree_util.tree_flatten(self.arrays)
+        shapes = tuple((np.shape(x), str(jnp.asarray(x).dtype)) for x in leaves)
+        return ("pytree", _bind_key(self.bind), treedef, shapes,
+                tuple(sorted(self.hyperparams)))
+
+    @staticmethod
+    def from_arrays(bind: Callable[[Any], Problem], arrays) -> Problem:
+        """See :func:`from_arrays` (a problem whose arrays are program arguments)."""
+        return from_arrays(bind, arrays)
+
+    def bound(self, arrays) -> Problem:
+        """This problem with its functions bound to ``arrays`` (tracers inside a program)."""
+        if not self.is_pytree or arrays is None:
+            return self
+        return self.bind(arrays)
+
+
+def _functions(p: Problem) -> tuple:
+    return (p.init, p.loss, p.risk, p.apply, *p.data, *p.observables.values(),
+            *p.events.values())
+
+
+def _bind_key(bind):
+    if isinstance(bind, functools.partial):
+        return (bind.func, bind.args, tuple(sorted(bind.keywords.items())))
+    return bind
+
+
+def from_arrays(bind: Callable[[Any], Problem], arrays) -> Problem:
+    """A problem whose arrays are arguments of the compiled program (a pytree problem).
+
+    ``bind(arrays) -> Problem`` builds the problem's functions around a pytree of
+    arrays (curvature, noise factor, data set, teacher weights...). The engine calls
+    it inside the compiled program with the arrays as traced arguments, so a problem
+    rebuilt with new arrays of the same shapes reuses the compiled program (zero new
+    traces). ``bind`` must be the same object across rebuilds: a module-level function,
+    or a ``functools.partial`` of one with hashable static arguments (sizes, names);
+    everything else it uses must come from ``arrays``.
+    """
+    arrays = jax.tree_util.tree_map(lambda x: np.asarray(x) if not isinstance(x, jax.Array)
+                                    else x, arrays)
+    p = bind(arrays)
+    if not isinstance(p, Problem):
+        fail("bind", getattr(bind, "__name__", bind), "must return a Problem")
+    return dataclasses.replace(p, arrays=arrays, bind=bind, origin=_functions(p))
 
 
 def as_float_array(x) -> jnp.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -32,31 +34,38 @@ def noisy_quadratic(curvature, noise_cov, w0=0.0, init_scale: float = 0.0) -> Pr
     K = as_matrix("curvature", curvature)
     d = K.shape[0]
     C = as_matrix("noise_cov", noise_cov, d)
-    L = jnp.asarray(psd_sqrt("noise_cov", C))
-    Kj = jnp.asarray(K)
+    L = psd_sqrt("noise_cov", C)
     w0 = np.broadcast_to(np.asarray(w0, dtype=float), (d,)).copy()
     init_scale = finite_float("init_scale", init_scale, low=0.0)
+    arrays = {"K": K, "L": L, "w0": w0, "init_scale": np.asarray(init_scale)}
+    problem = Problem.from_arrays(_noisy_quadratic, arrays)
+    return dataclasses.replace(problem, config={
+        "curvature": K.tolist(), "noise_cov": C.tolist(), "w0": w0.tolist(),
+        "init_scale": init_scale})
+
+
+def _noisy_quadratic(a) -> Problem:
+    """The functions of :func:`noisy_quadratic` around its arrays ``a`` (K, L, w0, scale)."""
+    d = np.shape(a["K"])[0]
 
     def init(key):
-        return jnp.asarray(w0) + init_scale * jax.random.normal(key, (d,))
+        w0 = jnp.asarray(a["w0"], jnp.result_type(float))
+        return w0 + a["init_scale"] * jax.random.normal(key, (d,), w0.dtype)
 
     def sample(key, n):
         del n
         return jax.random.normal(key, (d,))
 
     def loss(w, xi, hp):
-        return 0.5 * w @ (Kj @ w) + (L @ xi) @ w
+        return 0.5 * w @ (a["K"] @ w) + (a["L"] @ xi) @ w
 
     def risk(w, data, hp):
-        return 0.5 * w @ (Kj @ w)
+        return 0.5 * w @ (a["K"] @ w)
 
     return Problem(
         name="noisy_quadratic", init=init, loss=loss,
         data=data_lib.online(sample, 1, "gradient noise ξ ~ N(0, I)"),
-        risk=risk, observables=vector_observables(),
-        config={"curvature": K.tolist(), "noise_cov": C.tolist(), "w0": w0.tolist(),
-                "init_scale": init_scale},
-    )
+        risk=risk, observables=vector_observables())
 
 
 def linear_regression(input_cov, label_noise: float, batch_size: int, w_star=None,
@@ -72,7 +81,7 @@ def linear_regression(input_cov, label_noise: float, batch_size: int, w_star=Non
     """
     A = as_matrix("input_cov", input_cov)
     d = A.shape[0]
-    LA = jnp.asarray(psd_sqrt("input_cov", A))
+    LA = psd_sqrt("input_cov", A)
     sigma = finite_float("label_noise", label_noise, low=0.0)
     batch_size = positive_int("batch_size", batch_size)
     losses.check_reduction(reduction)
@@ -80,32 +89,42 @@ def linear_regression(input_cov, label_noise: float, batch_size: int, w_star=Non
     if ws.shape != (d,):
         fail("w_star", ws.shape, f"expected shape ({d},) to match input_cov")
     init_scale = finite_float("init_scale", init_scale, low=0.0)
-    Aj, wsj = jnp.asarray(A), jnp.asarray(ws)
+    arrays = {"A": A, "LA": LA, "w_star": ws, "sigma": np.asarray(sigma),
+              "init_scale": np.asarray(init_scale)}
+    problem = Problem.from_arrays(
+        functools.partial(_linear_regression, batch_size=batch_size, reduction=reduction),
+        arrays)
+    return dataclasses.replace(problem, config={
+        "input_cov": A.tolist(), "label_noise": sigma, "batch_size": batch_size,
+        "w_star": ws.tolist(), "reduction": reduction, "init_scale": init_scale})
+
+
+def _linear_regression(a, *, batch_size: int, reduction: str) -> Problem:
+    """The functions of :func:`linear_regression` around its arrays ``a``."""
+    d = np.shape(a["A"])[0]
     c = 0.5 if reduction.startswith("half") else 1.0
 
     def sample(key, n):
         kx, ke = jax.random.split(key)
-        x = jax.random.normal(kx, (n, d)) @ LA.T
-        return x, x @ wsj + sigma * jax.random.normal(ke, (n,))
+        x = jax.random.normal(kx, (n, d)) @ a["LA"].T
+        return x, x @ a["w_star"] + a["sigma"] * jax.random.normal(ke, (n,))
 
     def init(key):
-        return wsj + init_scale * jax.random.normal(key, (d,))
+        ws = jnp.asarray(a["w_star"], jnp.result_type(float))
+        return ws + a["init_scale"] * jax.random.normal(key, (d,), ws.dtype)
 
     def loss(w, batch, hp):
         x, y = batch
         return losses.squared_error(x @ w, y, reduction)
 
     def risk(w, data, hp):
-        e = w - wsj
-        return c * (e @ (Aj @ e) + sigma**2)
+        e = w - a["w_star"]
+        return c * (e @ (a["A"] @ e) + a["sigma"] ** 2)
 
     return Problem(
         name="linear_regression", init=init, loss=loss,
         data=data_lib.online(sample, batch_size, "x ~ N(0, A), y = x·w* + σε"),
-        risk=risk, observables=vector_observables(ws),
-        config={"input_cov": A.tolist(), "label_noise": sigma, "batch_size": batch_size,
-                "w_star": ws.tolist(), "reduction": reduction, "init_scale": init_scale},
-    )
+        risk=risk, observables=vector_observables(a["w_star"]))
 
 
 INPUTS = ("uniform", "gaussian")

@@ -1,0 +1,135 @@
+"""Friendly errors for user functions, found before compiling with ``jax.eval_shape``.
+
+Each user function of a study (``problem.init``, ``problem.data.init``,
+``problem.data.batch``, ``problem.loss``, the optimizer, observables, the
+first-passage predicate) is run once on abstract values of one member. A
+failure, or an output of the wrong kind, becomes a one-line ``ValueError`` that
+names the function and says what to return; the JAX traceback is dropped
+(``raise ... from None``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgdlab.problems import Observation
+
+
+class UserFunctionError(ValueError):
+    """A user function of a study does not fit the engine (one line, no traceback)."""
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    first = msg[0] if msg else ""
+    if len(first) > 200:
+        first = first[:197] + "..."
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _shapes(tree) -> str:
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        return "()"
+    s = ", ".join(f"{getattr(x, 'dtype', type(x).__name__)}{list(getattr(x, 'shape', ()))}"
+                  for x in leaves[:6])
+    return s + (", ..." if len(leaves) > 6 else "")
+
+
+def _fail(what: str, allowed: str) -> None:
+    raise UserFunctionError(f"{what} is invalid: {allowed}")
+
+
+def _abstract(fn: Callable, name: str, returns: str, *args):
+    """``jax.eval_shape(fn, *args)`` with any failure turned into a one-line error."""
+    try:
+        return jax.eval_shape(fn, *args)
+    except UserFunctionError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- any user error becomes one line
+        msg = _one_line(e)
+    _fail(name, f"it failed on abstract inputs ({msg}); it must return {returns}")
+    raise AssertionError
+
+
+def _array_leaves(tree, name: str, what: str):
+    """Refuse non-array leaves (functions, strings, modules' static fields)."""
+    leaves, _ = jax.tree_util.tree_flatten(tree)
+    for x in leaves:
+        if not isinstance(x, jax.Array | np.ndarray | np.generic | float | int | complex) or \
+                isinstance(x, bool):
+            _fail(name, f"it returned a leaf of type {type(x).__name__}; {what} must be a "
+                  "pytree of arrays only (for an Equinox or Flax module, return its array "
+                  "leaves, e.g. eqx.partition(model, eqx.is_array)[0], and close over the rest)")
+
+
+class Abstract(NamedTuple):
+    """Shapes of one member's quantities (``jax.ShapeDtypeStruct`` pytrees)."""
+
+    params: Any
+    data: Any
+    batch: Any
+    loss: Any
+    opt_state: Any
+    event: Any          # ShapeDtypeStruct of the predicate's output, or None
+
+
+def check_study(study, event_fn: Callable | None = None,
+                observables: Mapping[str, Callable] | None = None) -> Abstract:
+    """Run every user function of ``study`` abstractly; raise a one-line error on misfit."""
+    problem = study.problem
+    key = jax.random.key(0)
+    float_t = jnp.result_type(float)
+    hp1 = {k: jax.ShapeDtypeStruct((), float_t) for k in study.hparams}
+
+    def init_arrays(k):
+        out = problem.init(k)
+        _array_leaves(out, f"problem.init (of problem {problem.name!r})", "params")
+        return out
+
+    params = _abstract(init_arrays, f"problem.init (of problem {problem.name!r})",
+                       "the parameters as a pytree of float arrays", key)
+    for x in jax.tree_util.tree_leaves(params):
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            _fail(f"problem.init (of problem {problem.name!r})",
+                  f"it returned a {x.dtype} leaf of shape {x.shape}; parameters must be float "
+                  "arrays (SGD differentiates them)")
+    data = _abstract(problem.data.init, "problem.data.init",
+                     "the data drawn once (a pytree of arrays, or None)", key)
+    batch = _abstract(problem.data.batch, "problem.data.batch",
+                      "the step's minibatch (a pytree of arrays)", data, key, jnp.int32(1))
+    loss = _abstract(problem.loss, "problem.loss(params, batch, hp)",
+                     f"a scalar; params are {_shapes(params)} and the batch is {_shapes(batch)}",
+                     params, batch, hp1)
+    if not hasattr(loss, "shape") or loss.shape != () or \
+            not jnp.issubdtype(loss.dtype, jnp.floating):
+        got = (f"{loss.dtype}{list(loss.shape)}" if hasattr(loss, "shape")
+               else type(loss).__name__)
+        _fail("problem.loss(params, batch, hp)",
+              f"it returned {got}; return a float scalar (reduce over the batch, e.g. jnp.mean)")
+    _abstract(jax.grad(problem.loss), "jax.grad(problem.loss)",
+              "a differentiable scalar of the parameters", params, batch, hp1)
+    opt_state = _abstract(lambda p, h: study.optimizer.build(h).init(p),
+                          "the optimizer's init(params)", "an optax state", params, hp1)
+    obs = Observation(params, opt_state, loss, loss, params, jax.ShapeDtypeStruct((), jnp.int32),
+                      hp1, data)
+    for name, fn in (observables or {}).items():
+        _abstract(fn, f"observable {name!r}", "an array (a function of the Observation)", obs)
+    event = None
+    if event_fn is not None:
+        name = getattr(event_fn, "__name__", "predicate")
+        event = _abstract(event_fn, f"first_passage.predicate {name!r}",
+                          "a boolean scalar or a boolean vector (E,)", obs)
+        if not hasattr(event, "shape") or event.dtype != jnp.bool_ or event.ndim > 1 or \
+                (event.ndim == 1 and event.shape[0] == 0):
+            got = f"{getattr(event, 'dtype', type(event).__name__)}" \
+                f"{list(getattr(event, 'shape', ()))}"
+            _fail(f"first_passage.predicate {name!r}",
+                  f"it returned {got}; return a boolean scalar (e.g. jnp.abs(o.params[0]) > 1) "
+                  "or a boolean vector of shape (E,) for E events")
+    return Abstract(params, data, batch, loss, opt_state, event)

@@ -1,0 +1,313 @@
+"""The compiled program: one member's step, vmapped over grid and seeds, scanned over steps."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sgdlab._validate import fail
+from sgdlab.engine import _checks
+from sgdlab.engine._state import (
+    Carry,
+    MemberState,
+    _all_finite,
+    _max_abs,
+    _norm,
+    _seed_keys,
+    _select,
+    shared_key,
+)
+from sgdlab.engine._study import Study, _builtin_observables, _resolve
+from sgdlab.problems import Observation, Problem
+
+TRACE_COUNT = 0
+"""Number of times a segment program has been traced (read it with :func:`trace_count`)."""
+
+
+def trace_count() -> int:
+    """How many times a segment program has been traced so far (a compile-count probe).
+
+    Read it before and after a run: an unchanged count means the run reused a
+    compiled program (new grid values of the same shapes never retrace).
+    """
+    return TRACE_COUNT
+
+
+class _Program:
+    """The compiled functions of one static configuration."""
+
+    def __init__(self, study: Study, chunk_seeds: int, segment_steps: int):
+        self.study = study
+        self.chunk_seeds = chunk_seeds
+        self.segment_steps = segment_steps
+        problem = study.problem
+        self.recorders = study.recorder_list()
+        self._use(problem)
+        self.obs_fns = dict(self.resolve(s, "observe") for s in
+                            (study.observe.observables if study.observe else ()))
+        self.stat_fns = dict(self.resolve(s, "stationary") for s in
+                             (study.stationary.observables if study.stationary else ()))
+        self.keep_init = study.keep_init or "distance" in self.obs_fns or \
+            "distance" in self.stat_fns
+        fp = study.first_passage
+        self.freeze_on_event = fp is not None and fp.freeze
+        self.event_every = fp.every if fp is not None else 1
+        checked = {**self.obs_fns, **self.stat_fns}
+        self.abstract = _checks.check_study(study, self.event_fn, checked)
+        self.event_shape = () if self.event_fn is None else tuple(self.abstract.event.shape)
+        if fp is not None and fp.names is not None and \
+                (self.event_shape == () or len(fp.names) != self.event_shape[0]):
+            fail("first_passage.names", fp.names, f"expected one name per event; the predicate "
+                 f"returns shape {self.event_shape}")
+        # the gradient norm costs a reduction per member-step: only when something reads it
+        # (a user function might, so it is tracked whenever one is recorded)
+        specs = list(study.observe.observables if study.observe else ()) + \
+            list(study.stationary.observables if study.stationary else ())
+        self.track_grad_norm = any(not isinstance(sp, str) or sp == "grad_norm"
+                                   for sp in specs) or (fp is not None
+                                                        and not isinstance(fp.predicate, str))
+        self.noise = "noise_std" in study.hparams
+        self.data_axis = None if problem.data.shared else 0
+        self.record_steps = study.observe.steps_for(study.steps) if study.observe else None
+        self.bound = float(study.divergence_bound)
+        self.init = jax.jit(self._init)
+        self.segment = jax.jit(self._segment)
+
+    def _use(self, problem: Problem):
+        """Resolve the recorded functions against ``problem`` (inside a program: the
+        problem bound to the traced arrays)."""
+        study = self.study
+        self.problem = problem
+        self._available = _builtin_observables(problem)
+        fp = study.first_passage
+        self.event_fn = None
+        if fp is not None:
+            self.event_fn = problem.events[fp.predicate] if isinstance(fp.predicate, str) \
+                else fp.predicate
+
+    def _traced(self, fn, arrays, *args):
+        """Run ``fn`` with the problem bound to ``arrays`` (the program's argument)."""
+        concrete = self.study.problem
+        self._use(concrete.bound(arrays))
+        try:
+            return fn(*args)
+        finally:
+            self._use(concrete)
+
+    # ---- the recording context (what a recorder sees; see sgdlab.engine._recorders)
+    @property
+    def block(self) -> int:
+        """Seeds per statistics block."""
+        return self.study.block
+
+    def resolve(self, spec, where: str = "recorder"):
+        """``(name, fn)`` of an observable name or ``(name, fn)`` pair, for this problem."""
+        return _resolve(spec, self._available, where)
+
+    def evaluate(self, fn, members: MemberState, hp, data, t):
+        """``fn(Observation)`` of every member of the chunk: ``[S, G, ...]``."""
+        return self._evaluate(fn, members, hp, data, t)
+
+    def live(self, members: MemberState, valid):
+        """``[S, G]``: valid seeds (not padding) whose member has not diverged."""
+        return self._live(members, valid)
+
+    @property
+    def gdims(self) -> tuple[str, ...]:
+        """The Dataset dimensions of the grid (host side)."""
+        return tuple(self.study.grid)
+
+    def grid_first(self, arr):
+        """``[S, G, rest...]`` -> ``[G..., S, rest...]`` (host side)."""
+        s = arr.shape[0]
+        arr = arr.reshape((s,) + self.study.grid_shape + arr.shape[2:])
+        return np.moveaxis(arr, 0, len(self.study.grid_shape))
+
+    def grid_unflat(self, arr):
+        """``[G, rest...]`` -> ``[G..., rest...]`` (host side)."""
+        return arr.reshape(self.study.grid_shape + arr.shape[1:])
+
+    # ---- one member
+    def _observation(self, ms: MemberState, t, hp, data) -> Observation:
+        return Observation(ms.params, ms.opt_state, ms.loss, ms.grad_norm, ms.params0, t, hp, data)
+
+    def _member_step(self, ms: MemberState, batch, noise, hp, t, data):
+        study = self.study
+        alive = (ms.diverged_step < 0) & (t <= study.steps)
+        if self.freeze_on_event:
+            if self.event_shape == ():
+                alive = alive & (ms.event_step < 0)
+            else:  # a vector of events: freeze once all of them happened
+                alive = alive & jnp.any(ms.event_step < 0)
+        loss, grads = jax.value_and_grad(self.problem.loss)(ms.params, batch, hp)
+        if self.noise:
+            grads = jax.tree_util.tree_map(lambda g, z: g + hp["noise_std"] * z, grads, noise)
+        tx = study.optimizer.build(hp)
+        updates, opt_state = tx.update(grads, ms.opt_state, ms.params)
+        params = optax.apply_updates(ms.params, updates)
+        ok = jnp.isfinite(loss) & _all_finite(params)
+        if math.isfinite(self.bound):
+            ok = ok & (_max_abs(params) <= self.bound)
+        keep = alive & ok
+        new = ms._replace(
+            params=_select(keep, params, ms.params),
+            opt_state=_select(keep, opt_state, ms.opt_state),
+            loss=jnp.where(keep, loss, ms.loss),
+            grad_norm=jnp.where(keep, _norm(grads), ms.grad_norm) if self.track_grad_norm
+            else ms.grad_norm,
+            diverged_step=jnp.where(alive & ~ok, t, ms.diverged_step),
+        )
+        if self.event_fn is not None:
+            def check(event_step):
+                hit = keep & (event_step < 0) & self.event_fn(self._observation(new, t, hp, data))
+                return jnp.where(hit, t, event_step)
+            if self.event_every == 1:
+                event_step = check(ms.event_step)
+            else:  # t is the same for every member: a real branch, the predicate is skipped
+                event_step = jax.lax.cond(t % self.event_every == 0, check, lambda e: e,
+                                          ms.event_step)
+            new = new._replace(event_step=event_step)
+        return new
+
+    def _noise(self, key, params_like, t):
+        leaves, treedef = jax.tree_util.tree_flatten(params_like)
+        keys = jax.random.split(jax.random.fold_in(key, t), len(leaves))
+        return jax.tree_util.tree_unflatten(
+            treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves,
+                                                                             strict=True)])
+
+    # ---- all members of a chunk
+    def _per_seed_data(self, data, n_seeds):
+        """Data with a leading seed axis.
+
+        Shared data is broadcast rather than closed over: a contraction of a
+        seed-batched operand with an unbatched one is lowered by XLA to a single
+        matrix product whose blocking (and rounding) depends on the number of
+        seeds, while a batched product is computed seed by seed. Broadcasting keeps
+        every member's bits independent of the ensemble size and chunking.
+        """
+        if self.data_axis == 0:
+            return data
+        return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_seeds,) + x.shape), data)
+
+    def _evaluate(self, fn, members: MemberState, hp, data, t):
+        def per_seed(ms_g, d):
+            return jax.vmap(lambda ms, h: fn(self._observation(ms, t, h, d)))(ms_g, hp)
+        data = self._per_seed_data(data, members.diverged_step.shape[0])
+        return jax.vmap(per_seed)(members, data)
+
+    def _live(self, members: MemberState, valid):
+        return valid[:, None] & (members.diverged_step < 0)
+
+    def _init(self, hp, seed_index, valid, base_seed, arrays=None):
+        return self._traced(self._init_body, arrays, hp, seed_index, valid, base_seed)
+
+    def _init_body(self, hp, seed_index, valid, base_seed):
+        study, problem = self.study, self.problem
+        init_k, data_k, _ = jax.vmap(_seed_keys, in_axes=(None, 0))(base_seed, seed_index)
+        if problem.data.shared:
+            data = problem.data.init(shared_key(base_seed))
+        else:
+            data = jax.vmap(problem.data.init)(data_k)
+        g = study.n_grid
+        params_s = jax.vmap(problem.init)(init_k)
+
+        def per_seed(p, dk, d):
+            batch = problem.data.batch(d, dk, jnp.int32(0))
+
+            def per_member(h):
+                loss, grads = jax.value_and_grad(problem.loss)(p, batch, h)
+                return (p, study.optimizer.build(h).init(p), loss, _norm(grads))
+            return jax.vmap(per_member)(hp)
+
+        params, opt_state, loss, gnorm = jax.vmap(per_seed)(
+            params_s, data_k, self._per_seed_data(data, seed_index.shape[0]))
+        s = seed_index.shape[0]
+        members = MemberState(
+            params=params, opt_state=opt_state, loss=loss, grad_norm=gnorm,
+            params0=params if self.keep_init else None,
+            diverged_step=jnp.full((s, g), -1, jnp.int32),
+            event_step=jnp.full((s, g) + self.event_shape, -1, jnp.int32))
+        t0 = jnp.int32(0)
+        if self.event_fn is not None:
+            hit = self._evaluate(self.event_fn, members, hp, data, t0)
+            members = members._replace(event_step=jnp.where(hit, 0, -1).astype(jnp.int32))
+        records = tuple(r.init(self, members, hp, data, valid) for r in self.recorders)
+        return Carry(members, records, data)
+
+    def _segment(self, carry: Carry, t0, hp, seed_index, valid, base_seed, arrays=None):
+        global TRACE_COUNT
+        TRACE_COUNT += 1
+        return self._traced(self._segment_body, arrays, carry, t0, hp, seed_index, valid,
+                            base_seed)
+
+    def _segment_body(self, carry: Carry, t0, hp, seed_index, valid, base_seed):
+        problem = self.problem
+        _, data_k, noise_k = jax.vmap(_seed_keys, in_axes=(None, 0))(base_seed, seed_index)
+        data = carry.data
+
+        def per_seed(ms_g, dk, nk, d, t):
+            batch = problem.data.batch(d, dk, t)
+            noise = None
+            if self.noise:
+                first = jax.tree_util.tree_map(lambda x: x[0], ms_g.params)
+                noise = self._noise(nk, first, t)
+            return jax.vmap(self._member_step, in_axes=(0, None, None, 0, None, None))(
+                ms_g, batch, noise, hp, t, d)
+
+        data_s = self._per_seed_data(data, seed_index.shape[0])
+
+        def body(c: Carry, t):
+            members = jax.vmap(per_seed, in_axes=(0, 0, 0, 0, None))(
+                c.members, data_k, noise_k, data_s, t)
+            records = tuple(r.update(self, state, members, hp, data, valid, t)
+                            for r, state in zip(self.recorders, c.records, strict=True))
+            return Carry(members, records, data), None
+
+        ts = t0 + 1 + jnp.arange(self.segment_steps, dtype=jnp.int32)
+        carry, _ = jax.lax.scan(body, carry, ts)
+        return carry
+
+
+_PROGRAMS: dict[tuple, _Program] = {}
+
+
+def _arrays(study: Study):
+    """The problem's arrays as program arguments (None for a closure problem)."""
+    problem = study.problem
+    if not problem.is_pytree:
+        return None
+    return jax.tree_util.tree_map(jnp.asarray, problem.arrays)
+
+
+def _static_key(study: Study, chunk_seeds: int, segment_steps: int, devices: int) -> tuple:
+    return (study.problem.static_key(), study.optimizer, study.observe, study.stationary,
+            tuple(_hashable(r) for r in study.recorders), study.first_passage, study.steps,
+            study.divergence_bound, study.keep_init,
+            study.block, tuple((k, v.shape) for k, v in study.hparams.items()), chunk_seeds,
+            segment_steps, devices, str(jnp.zeros(()).dtype))
+
+
+def _hashable(x):
+    try:
+        hash(x)
+        return x
+    except TypeError:
+        return ("id", id(x))
+
+
+def _program(study: Study, chunk_seeds: int, segment_steps: int, devices: int = 1) -> _Program:
+    key = _static_key(study, chunk_seeds, segment_steps, devices)
+    prog = _PROGRAMS.get(key)
+    if prog is None:
+        prog = _PROGRAMS[key] = _Program(study, chunk_seeds, segment_steps)
+        if devices > 1:
+            from sgdlab.engine._layout import _shard  # the layout module imports this one
+            _shard(prog, devices)
+    else:
+        prog.study = study  # same static structure; hyperparameter values are arguments
+    return prog

@@ -1,0 +1,279 @@
+"""The run loop: chunks and segments, progress, stop requests, multi-process, collection."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgdlab._validate import fail
+from sgdlab.engine._checkpoint import Checkpoint
+from sgdlab.engine._compiled import _arrays, _Program, _program
+from sgdlab.engine._layout import Plan, plan
+from sgdlab.engine._state import STREAM_VERSION, Carry
+from sgdlab.engine._study import Study
+from sgdlab.provenance import config_diff, config_json
+
+
+class Interrupted(Exception):
+    """A run stopped at a segment boundary on request (SIGINT/SIGTERM); resumable."""
+
+
+_STOP = {"requested": False}
+
+
+def request_stop(*_):
+    """Ask running studies to stop at the next segment boundary (a signal handler)."""
+    _STOP["requested"] = True
+
+
+def clear_stop() -> None:
+    """Forget a stop request (at the start and end of a run)."""
+    _STOP["requested"] = False
+
+
+class Progress:
+    """A one-line progress bar on stderr, shown once a run has taken > 2 s."""
+
+    def __init__(self, total: int, enabled: bool = True, label: str = "sgdlab", done: int = 0):
+        self.total, self.enabled, self.label = total, enabled, label
+        self.start, self.done, self.shown = time.perf_counter(), done, False
+
+    def tick(self, n: int = 1, note: str = ""):
+        self.done += n
+        elapsed = time.perf_counter() - self.start
+        if not self.enabled or (elapsed < 2.0 and not self.shown):
+            return
+        self.shown = True
+        frac = self.done / max(self.total, 1)
+        bar = "#" * int(30 * frac)
+        sys.stderr.write(f"\r[{self.label}] [{bar:<30}] {100 * frac:5.1f}% {elapsed:6.1f}s "
+                         f"{note}  ")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+CHECKPOINT_LAYOUT = 2
+"""How finished chunks are stored in a checkpoint (2: one part per recorder, by name)."""
+
+
+def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
+        memory_budget: int | None = None, devices: int | None = None,
+        checkpoint: str | os.PathLike | Checkpoint | None = None):
+    """Run every member of a study and return the labeled results (``xarray.Dataset``).
+
+    Args:
+      study: the study.
+      progress: show a progress bar (advanced per segment) for runs longer than 2 s.
+      chunk_size, memory_budget: override the layout (see :func:`plan`).
+      devices: number of local devices to shard the seeds over (default: all).
+        Under ``jax.distributed`` (several processes) each process runs its share
+        of the chunks on its local devices and the results are gathered to every
+        process, bitwise equal to a one-process run.
+      checkpoint: a path (or :class:`Checkpoint`) to write checkpoints to at segment
+        boundaries; if it holds a checkpoint of the same configuration the run
+        resumes from it (bitwise identically), of another configuration it is
+        refused naming the differing keys.
+
+    Raises:
+      Interrupted: :func:`request_stop` was called (e.g. by a signal handler); a
+        checkpoint was written first when one was given.
+
+    See :mod:`sgdlab.results` for the layout of the returned Dataset.
+    """
+    from sgdlab import results  # the result store imports the engine lazily, and vice versa
+
+    if study.static is not None:
+        return _run_static(study, progress=progress, chunk_size=chunk_size,
+                           memory_budget=memory_budget, devices=devices, checkpoint=checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint | None) else Checkpoint(checkpoint)
+    config = study.describe()
+    state = ckpt.read() if ckpt is not None else None
+    if state is not None:
+        meta = state[0]
+        stream = meta.get("stream", 1)  # checkpoints before the version was recorded: 1
+        if stream != STREAM_VERSION:
+            fail("checkpoint", ckpt.path, f"it was written with random-stream version {stream}; "
+                 f"this sgdlab draws version {STREAM_VERSION}, so a resumed run would mix two "
+                 "streams; use another output or --force")
+        if meta.get("layout", 1) != CHECKPOINT_LAYOUT:
+            fail("checkpoint", ckpt.path, "it was written by an older sgdlab (results of finished "
+                 "chunks stored in another layout); use another output or --force")
+        diff = config_diff(meta["config"], config)
+        if diff:
+            fail("checkpoint", ckpt.path, "it belongs to a different configuration ("
+                 + "; ".join(diff) + "); use another output or --force")
+        chunk_size, devices = meta["chunk_seeds"], min(meta["devices"], len(jax.local_devices()))
+        if meta["chunk_seeds"] % (study.block * devices):
+            devices = 1
+    p = plan(study, chunk_size, memory_budget, devices)
+    prog = _program(study, p.chunk_seeds, p.segment_steps, p.devices)
+    hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
+    arrays = _arrays(study)
+    base_seed = jnp.uint32(study.seed)
+    chunks: list[dict] = []
+    start_chunk, start_seg, carry0 = 0, 0, None
+    if state is not None:
+        meta, done, leaves = state
+        chunks = [done[str(i)] for i in range(meta["chunk"])]
+        start_chunk, start_seg = meta["chunk"], meta["segment"]
+        if leaves:
+            template = jax.eval_shape(
+                prog.init, hp, jnp.zeros(p.chunk_seeds, jnp.int32), jnp.ones(p.chunk_seeds, bool),
+                base_seed, arrays)
+            carry0 = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
+                                                  [jnp.asarray(x) for x in leaves])
+    total = p.chunks * p.segments
+    bar = Progress(total, enabled=progress, done=start_chunk * p.segments + start_seg)
+    t_start = time.perf_counter()
+
+    def save(c, seg, carry):
+        meta = {"config": config, "chunk_seeds": p.chunk_seeds, "devices": p.devices,
+                "segment_steps": p.segment_steps, "chunk": c, "segment": seg,
+                "format": results.FORMAT, "stream": STREAM_VERSION, "layout": CHECKPOINT_LAYOUT}
+        ckpt.write(meta, {str(i): ch for i, ch in enumerate(chunks)}, carry,
+                   c * study.steps + seg * p.segment_steps)
+
+    nproc = jax.process_count()
+    if nproc > 1:
+        if ckpt is not None:
+            fail("checkpoint", ckpt.path, "checkpointing a multi-process run is not supported; "
+                 "run without a checkpoint (or one process per study)")
+        chunks = _run_multiprocess(prog, p, hp, base_seed, bar, study.seeds, arrays)
+    for c in range(start_chunk, p.chunks if nproc == 1 else 0):
+        idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
+        valid = idx < study.seeds
+        seed_index, valid_j = jnp.asarray(idx, jnp.int32), jnp.asarray(valid)
+        if carry0 is not None and c == start_chunk:
+            carry, first = carry0, start_seg
+        else:
+            carry, first = prog.init(hp, seed_index, valid_j, base_seed, arrays), 0
+        for seg in range(first, p.segments):
+            carry = prog.segment(carry, jnp.int32(seg * p.segment_steps), hp, seed_index,
+                                 valid_j, base_seed, arrays)
+            jax.block_until_ready(carry.members.diverged_step)
+            bar.tick(1, f"chunk {c + 1}/{p.chunks}")
+            last = seg + 1 == p.segments
+            if _STOP["requested"]:
+                bar.close()
+                if ckpt is not None:
+                    if last:
+                        chunks.append(_collect(prog, carry, valid))
+                        save(c + 1, 0, None)
+                    else:
+                        save(c, seg + 1, carry)
+                raise Interrupted(f"stopped after segment {seg + 1}/{p.segments} of chunk "
+                                  f"{c + 1}/{p.chunks}")
+            if ckpt is not None and not last and ckpt.due(c * study.steps + (seg + 1)
+                                                          * p.segment_steps):
+                save(c, seg + 1, carry)
+        chunks.append(_collect(prog, carry, valid))
+        if ckpt is not None and c + 1 < p.chunks and ckpt.due((c + 1) * study.steps):
+            save(c + 1, 0, None)
+    bar.close()
+    out = _merge_chunks(prog, chunks)
+    return results.to_dataset(study, prog, out, p, runtime_s=time.perf_counter() - t_start)
+
+
+def _run_static(study: Study, checkpoint=None, **kw):
+    """Run every combination of a static sweep; one Dataset with the static dims in front.
+
+    A checkpoint path ``c.npz`` becomes one checkpoint per combination (``c.static0.npz``...).
+    """
+    import xarray as xr
+
+    subs = study.static_studies()
+    names = tuple(study.static)
+    parts, plans, runtime = [], [], 0.0
+    for i, (combo, sub) in enumerate(subs.items()):
+        ckpt = None
+        if checkpoint is not None:
+            path = checkpoint.path if isinstance(checkpoint, Checkpoint) else os.fspath(checkpoint)
+            base, ext = os.path.splitext(path)
+            every = (checkpoint.every_seconds, checkpoint.every_steps) \
+                if isinstance(checkpoint, Checkpoint) else (60.0, None)
+            ckpt = Checkpoint(f"{base}.static{i}{ext or '.npz'}", *every)
+        ds = run(sub, checkpoint=ckpt, **kw)
+        plans.append(", ".join(f"{k}={v!r}" for k, v in zip(names, combo, strict=True))
+                     + ": " + ds.attrs["plan"])
+        runtime += float(ds.attrs["runtime_s"])
+        parts.append(ds.expand_dims({k: [v] for k, v in zip(names, combo, strict=True)}))
+    nested: Any = parts
+    for n in reversed([len(v) for v in study.static.values()][1:]):  # row-major nesting
+        nested = [nested[i:i + n] for i in range(0, len(nested), n)]
+    out = xr.combine_nested(nested, concat_dim=list(names), combine_attrs="override")
+    out.attrs.update(sgdlab_config=config_json(study), runtime_s=runtime,
+                     plan=f"static sweep over {', '.join(names)}: {len(parts)} compiles ["
+                     + "; ".join(plans) + "]")
+    return out
+
+
+def _run_multiprocess(prog: _Program, p: Plan, hp, base_seed, bar: Progress, seeds: int,
+                      arrays=None):
+    """Chunks round-robin over ``jax.process_count()`` processes (``jax.distributed``).
+
+    Process ``q`` runs chunks ``q, q + P, q + 2P, ...`` on its local devices; after
+    each round the final carries are gathered to every process
+    (``process_allgather``, the only collective, outside the hot loop) and collected
+    in chunk order, so the result is bitwise that of a single process.
+    """
+    from jax.experimental import multihost_utils
+
+    nproc, pid = jax.process_count(), jax.process_index()
+    chunks = []
+    bar.total = -(-p.chunks // nproc) * p.segments
+    for r in range(-(-p.chunks // nproc)):
+        c = r * nproc + pid  # may be past the last chunk: then all its seeds are padding
+        idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
+        seed_index, valid = jnp.asarray(idx, jnp.int32), jnp.asarray(idx < seeds)
+        carry = prog.init(hp, seed_index, valid, base_seed, arrays)
+        for seg in range(p.segments):
+            carry = prog.segment(carry, jnp.int32(seg * p.segment_steps), hp, seed_index, valid,
+                                 base_seed, arrays)
+            jax.block_until_ready(carry.members.diverged_step)
+            bar.tick(1, f"round {r + 1}, process {pid + 1}/{nproc}")
+        leaves, treedef = jax.tree_util.tree_flatten(jax.device_get(carry))
+        gathered = [np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=False))
+                    for x in leaves]
+        for q in range(nproc):
+            cq = r * nproc + q
+            if cq < p.chunks:
+                idx_q = np.arange(cq * p.chunk_seeds, (cq + 1) * p.chunk_seeds)
+                carry_q = jax.tree_util.tree_unflatten(treedef, [g[q] for g in gathered])
+                chunks.append(_collect(prog, carry_q, idx_q < seeds))
+    return chunks
+
+
+def _collect(prog: _Program, carry: Carry, valid: np.ndarray) -> dict:
+    """One chunk's results on the host (nested dicts of arrays), padded seeds dropped."""
+    members = jax.device_get(carry.members)
+    out: dict[str, Any] = {"diverged_step": np.asarray(members.diverged_step)[valid],
+                           "records": {}}
+    for r, state in zip(prog.recorders, carry.records, strict=True):
+        out["records"][r.name] = r.collect(prog, jax.device_get(state), members, valid)
+    fp = prog.study.first_passage
+    if fp is not None:
+        out["first_passage"] = fp.collect(prog, None, members, valid)
+    return out
+
+
+def _merge_chunks(prog: _Program, chunks: list[dict]) -> dict:
+    """Concatenate members over chunks; each recorder merges its parts in seed order."""
+    out: dict[str, Any] = {
+        "diverged_step": np.concatenate([c["diverged_step"] for c in chunks]),
+        # (a checkpoint drops empty dicts: a part may come back as {})
+        "records": {r.name: r.merge(prog, [c.get("records", {}).get(r.name, {}) for c in chunks])
+                    for r in prog.recorders}}
+    fp = prog.study.first_passage
+    if fp is not None:
+        out["first_passage"] = fp.merge(prog, [c["first_passage"] for c in chunks])
+    return out

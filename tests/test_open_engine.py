@@ -1,0 +1,465 @@
+"""The open engine: problem hyperparameters, first passage every k steps and with many
+events, friendly errors, user optimizers and recorders, static sweeps, pytree problems,
+the compile cache."""
+
+import dataclasses
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sgdlab as sl
+from sgdlab import engine
+
+
+def gd_problem(w0=1.0, **hyperparams):
+    """Noise-free GD on ``½(1 + l2)w²``: ``w_t = (1 − λ(1 + l2))^t w0`` exactly."""
+    base = sl.problems.noisy_quadratic(1.0, 0.0, w0=w0)
+
+    def loss(w, xi, hp):
+        return 0.5 * (1.0 + hp["l2"]) * (w @ w)
+
+    def risk(w, data, hp):
+        return 0.5 * (1.0 + hp["l2"]) * (w @ w)
+
+    return dataclasses.replace(base, name="gd_l2", loss=loss, risk=risk,
+                               hyperparams={"l2": 0.25, **hyperparams})
+
+
+def assert_friendly(excinfo):
+    """One line, nothing chained, and no JAX frame in the whole printed traceback."""
+    err = excinfo.value
+    assert "\n" not in str(err)
+    assert err.__cause__ is None and (err.__context__ is None or err.__suppress_context__)
+    printed = "".join(traceback.format_exception(err))
+    assert "jax/_src" not in printed and "Traceback" not in str(err)
+
+
+# ------------------------------------------------------------------------- problem hyperparameters
+
+
+def test_problem_hyperparameter_is_swept_traced_labeled_and_defaulted():
+    problem = gd_problem()
+    lrs, l2s = [0.1, 0.2], [0.0, 0.5, 1.0]
+    with jax.enable_x64(True):
+        study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": lrs, "l2": l2s},
+                         steps=20, seeds=2, observe=sl.Observe(("w", "risk"), at=(0, 20)))
+        ds = sl.run(study, progress=False)
+        assert ds["w"].dims[:2] == ("learning_rate", "l2")
+        assert ds.l2.values.tolist() == l2s
+        for i, lr in enumerate(lrs):
+            for j, c in enumerate(l2s):
+                w = (1 - lr * (1 + c)) ** 20
+                np.testing.assert_allclose(ds["w"][i, j, :, -1, 0], w, rtol=1e-12)
+                np.testing.assert_allclose(ds["risk"][i, j, :, -1], 0.5 * (1 + c) * w**2,
+                                           rtol=1e-12)
+        # one compile for the sweep: new values of the same shape do not retrace
+        before = engine.trace_count()
+        ds2 = sl.run(study.with_hparams(l2=[2.0, 3.0, 4.0]), progress=False)
+        assert engine.trace_count() == before
+        np.testing.assert_allclose(ds2["w"][0, 2, 0, -1, 0], (1 - 0.1 * 5.0) ** 20, rtol=1e-12)
+        # not swept: the problem's default (0.25) is used and recorded
+        d = sl.run(sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": 0.1}, steps=20,
+                            seeds=1, observe=sl.Observe(("w",), at=(20,))), progress=False)
+        np.testing.assert_allclose(float(d["w"][0, 0, 0]), (1 - 0.1 * 1.25) ** 20, rtol=1e-12)
+        assert sl.results.config(d)["hparams"]["l2"] == 0.25
+
+
+def test_problem_hyperparameter_reaches_events():
+    problem = gd_problem(target=0.01)
+    fp = sl.FirstPassage(lambda o: jnp.abs(o.params[0]) < o.hp["target"])
+    ds = sl.run(sl.Study(problem, sl.Optimizer("sgd"),
+                         {"learning_rate": 0.4, "l2": 0.25, "target": [0.1, 0.01]},
+                         steps=30, seeds=1, first_passage=fp), progress=False)
+    # w_t = 0.5^t: below 0.1 first at t = 4, below 0.01 at t = 7
+    assert ds.event_step.values.reshape(-1).tolist() == [4, 7]
+
+
+def test_problem_hyperparameter_clash_and_unknown_key_refused():
+    problem = gd_problem(momentum=0.5)
+    with pytest.raises(ValueError, match=r"^problem\.hyperparams='momentum'") as e:
+        sl.Study(problem, sl.Optimizer("momentum"), {"learning_rate": 0.1, "momentum": 0.9},
+                 steps=5, seeds=1)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="^hparams='l3'.*l2"):
+        sl.Study(gd_problem(), sl.Optimizer("sgd"), {"learning_rate": 0.1, "l3": 1.0},
+                 steps=5, seeds=1)
+    with pytest.raises(ValueError, match="^hyperparams.l2"):
+        gd_problem(l2="big")
+
+
+# --------------------------------------------------------------------------- first passage
+
+
+def halving(thresholds, lrs=(0.5, 0.01), **kw):
+    """GD on ½w² from 1 with λ = 0.5: w_t = 0.5^t."""
+    problem = sl.problems.noisy_quadratic(1.0, 0.0, w0=1.0)
+    fp = sl.FirstPassage(lambda o: jnp.abs(o.params[0]) < thresholds, **kw)
+    return sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": list(lrs)}, steps=50,
+                    seeds=2, first_passage=fp, observe=sl.Observe(("w",), at=tuple(range(51))))
+
+
+@pytest.mark.parametrize("every,expected", [(1, 7), (3, 9), (4, 8)])
+def test_first_passage_every_k_steps_is_the_first_checked_step(every, expected):
+    ds = sl.run(halving(0.01, every=every), progress=False)
+    assert ds.event_step.values.tolist() == [[expected] * 2, [-1] * 2]
+    assert ds.event_censored.values.tolist() == [[False] * 2, [True] * 2]
+    # frozen at the detection step (freeze=True by default)
+    w = ds["w"].values[0, 0, :, 0]
+    assert np.all(w[expected:] == w[expected]) and w[expected] == 0.5**expected
+
+
+def test_first_passage_vector_of_events_labeled_censored_and_freezing_when_all_happened():
+    th = jnp.array([0.1, 0.01, 1e-30])
+    ds = sl.run(halving(th, names=("a", "b", "c"), dim="delta"), progress=False)
+    assert ds.event_step.dims == ("learning_rate", "seed", "delta")
+    assert ds.delta.values.tolist() == ["a", "b", "c"]
+    assert ds.event_step.values[0].tolist() == [[4, 7, -1]] * 2
+    assert ds.event_censored.values[0, 0].tolist() == [False, False, True]
+    # not all events happened: the member keeps moving (w_50 = 0.5^50)
+    assert ds["w"].values[0, 0, -1, 0] == 0.5**50
+    # all happened: frozen at the last one (t = 7); default dim and coordinates
+    ds = sl.run(halving(jnp.array([0.1, 0.01])), progress=False)
+    assert ds.event_step.dims[-1] == "event" and ds.event.values.tolist() == [0, 1]
+    w = ds["w"].values[0, 0, :, 0]
+    assert np.all(w[7:] == 0.5**7)
+    # freeze=False: keeps moving
+    ds = sl.run(halving(jnp.array([0.1, 0.01]), freeze=False), progress=False)
+    assert ds.event_step.values[0, 0].tolist() == [4, 7] and ds["w"].values[0, 0, -1, 0] == 0.5**50
+    # every=k with a vector: the first checked step per component
+    ds = sl.run(halving(th, every=3), progress=False)
+    assert ds.event_step.values[0, 0].tolist() == [6, 9, -1]
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_scalar_first_passage_matches_the_trajectory_and_a_vector_of_one(freeze):
+    """On a noisy problem the scalar path's step is the first recorded step below the level;
+    a one-component vector predicate gives the same steps and bitwise the same members."""
+    problem = sl.problems.noisy_quadratic(1.0, 1.0, w0=3.0)
+
+    def study(pred):
+        return sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": [0.01, 0.1]}, steps=60,
+                        seeds=16, first_passage=sl.FirstPassage(pred, freeze=freeze),
+                        observe=sl.Observe(("w",), at=tuple(range(61))))
+    scalar = sl.run(study(lambda o: o.params[0] < 1.0), progress=False)
+    vector = sl.run(study(lambda o: (o.params[0] < 1.0)[None]), progress=False)
+    assert np.array_equal(scalar.event_step.values, vector.event_step.values[..., 0])
+    assert np.array_equal(scalar["w"].values, vector["w"].values)
+    w = sl.run(study(lambda o: o.params[0] < -1e9), progress=False)["w"].values[..., 0]
+    below = w < 1.0
+    first = np.where(below.any(-1), below.argmax(-1), -1)
+    assert np.array_equal(scalar.event_step.values, first)
+    assert (first > 0).any() and (first == -1).any()
+
+
+def test_bad_predicates_get_one_line_errors():
+    problem = sl.problems.noisy_quadratic(1.0, 1.0)
+    base = dict(problem=problem, optimizer=sl.Optimizer("sgd"), hparams={"learning_rate": 0.1},
+                steps=5, seeds=1)
+
+    def float_pred(o):
+        return o.params[0]
+
+    def matrix_pred(o):
+        return jnp.ones((2, 2), bool)
+    for pred, what in ((float_pred, "float_pred"), (matrix_pred, "matrix_pred")):
+        with pytest.raises(ValueError, match=f"^first_passage.predicate '{what}'") as e:
+            sl.run(sl.Study(**base, first_passage=sl.FirstPassage(pred)), progress=False)
+        assert "boolean" in str(e.value)
+        assert_friendly(e)
+    with pytest.raises(ValueError, match="^first_passage.names"):
+        sl.run(sl.Study(**base, first_passage=sl.FirstPassage(
+            lambda o: jnp.zeros(3, bool), names=("a", "b"))), progress=False)
+    with pytest.raises(ValueError, match="^first_passage.every"):
+        sl.Study(**base, first_passage=sl.FirstPassage(lambda o: o.step > 2, every=0))
+
+
+# --------------------------------------------------------------------------- front door, counter
+
+
+def test_front_door_attributes():
+    import types
+    for name in ("analysis", "plots", "theory", "experiments", "engine", "problems", "results"):
+        assert isinstance(getattr(sl, name), types.ModuleType), name
+    for name in ("Study", "run", "plan", "Observe", "Stationary", "FirstPassage", "Optimizer",
+                 "load", "save", "Problem", "Observation"):
+        assert hasattr(sl, name), name
+    for cls in (sl.Observe, sl.Observation):
+        assert "pre-update" in cls.__doc__
+
+
+def quad_study(K, C, lrs=(0.1, 0.2), **kw):
+    return sl.Study(sl.problems.noisy_quadratic(K, C), sl.Optimizer("sgd"),
+                    {"learning_rate": list(lrs)}, steps=40, seeds=4,
+                    observe=sl.Observe(("w",), at=(0, 40)), **kw)
+
+
+def test_trace_count_moves_with_shapes_not_values():
+    assert callable(engine.trace_count)
+    sl.run(quad_study([1.0, 2.0], [1.0, 1.0]), progress=False)
+    n = engine.trace_count()
+    assert engine.TRACE_COUNT == n  # the old name reads the same counter
+    sl.run(quad_study([1.0, 2.0], [1.0, 1.0], lrs=(0.3, 0.4)), progress=False)
+    assert engine.trace_count() == n
+    sl.run(quad_study([1.0, 2.0, 3.0], [1.0, 1.0, 1.0]), progress=False)  # a new shape
+    assert engine.trace_count() == n + 1
+    sl.run(quad_study([1.0, 2.0], [1.0, 1.0], lrs=(0.1, 0.2, 0.3)), progress=False)  # new grid
+    assert engine.trace_count() == n + 2
+
+
+# --------------------------------------------------------------------------- pytree problems
+
+
+def test_rebuilt_problem_with_new_arrays_of_same_shapes_gives_zero_new_traces():
+    with jax.enable_x64(True):
+        sl.run(quad_study([1.0, 2.0], [[1.0, 0.2], [0.2, 1.0]]), progress=False)
+        n = engine.trace_count()
+        new = quad_study([3.0, 0.5], [[2.0, 0.0], [0.0, 0.5]])
+        ds = sl.run(new, progress=False)
+        assert engine.trace_count() == n
+        # the new arrays did reach the program: equal to the same problem compiled as closures
+        loss = new.problem.loss
+        closure = dataclasses.replace(new.problem, loss=lambda w, xi, hp: loss(w, xi, hp))
+        assert new.problem.is_pytree and not closure.is_pytree
+        ref = sl.run(dataclasses.replace(new, problem=closure), progress=False)
+        assert engine.trace_count() == n + 1
+        np.testing.assert_allclose(ds["w"].values, ref["w"].values, rtol=1e-12, atol=1e-12)
+        assert np.abs(ds["w"].values[..., -1, :]).max() > 0
+    # linear regression: new input covariance, noise and teacher, same shapes
+    def lin(A, sigma, ws):
+        return sl.Study(sl.problems.linear_regression(A, sigma, 4, w_star=ws),
+                        sl.Optimizer("sgd"), {"learning_rate": 0.1}, steps=30, seeds=2,
+                        observe=sl.Observe(("risk",), at=(30,)))
+    sl.run(lin(np.eye(2), 0.5, [1.0, 0.0]), progress=False)
+    n = engine.trace_count()
+    sl.run(lin(np.diag([2.0, 0.1]), 1.5, [0.0, 3.0]), progress=False)
+    assert engine.trace_count() == n
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+def clipped_sgd(hp):
+    import optax
+    return optax.chain(optax.clip_by_global_norm(hp["clip"]), optax.sgd(hp["learning_rate"]))
+
+
+def test_user_optax_transformation_equals_plain_optax_loop_in_float64():
+    import optax
+    from jax.flatten_util import ravel_pytree
+
+    with jax.enable_x64(True):
+        problem = sl.problems.mlp_regression((3, 8, 1), activation="tanh", target="teacher",
+                                             teacher_sizes=(3, 4, 1), inputs="gaussian",
+                                             batch_size=5, reduction="half_mean", n_eval=16)
+        lrs, clips = [0.05, 0.2], [0.05, 10.0]
+        study = sl.Study(problem, sl.Optimizer(clipped_sgd), {"learning_rate": lrs,
+                                                              "clip": clips},
+                         steps=25, seeds=2,
+                         observe=sl.Observe((("theta", lambda o: ravel_pytree(o.params)[0]),),
+                                            at=(25,)))
+        ds = sl.run(study, progress=False)
+        data = problem.data.init(engine.shared_key(0))
+        grad = jax.jit(jax.grad(problem.loss))
+        for i, lr in enumerate(lrs):
+            for j, c in enumerate(clips):
+                for s in range(2):
+                    init_k, data_k, _ = engine._seed_keys(0, s)
+                    params = problem.init(init_k)
+                    tx = optax.chain(optax.clip_by_global_norm(c), optax.sgd(lr))
+                    state = tx.init(params)
+                    for t in range(1, 26):
+                        g = grad(params, problem.data.batch(data, data_k, jnp.int32(t)), {})
+                        updates, state = tx.update(g, state, params)
+                        params = optax.apply_updates(params, updates)
+                    ref = np.asarray(ravel_pytree(params)[0])
+                    got = ds["theta"].values[i, j, s, 0]
+                    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+        # the clip was active: the two clip values differ
+        assert not np.allclose(ds["theta"].values[:, 0], ds["theta"].values[:, 1])
+
+
+def test_optimizer_keys_are_discovered_and_unread_keys_refused():
+    opt = sl.Optimizer(clipped_sgd)
+    assert set(opt.required) == {"clip", "learning_rate"}
+    problem = sl.problems.noisy_quadratic(1.0, 1.0)
+    with pytest.raises(ValueError, match="^hparams='momentum'.*do not read it") as e:
+        sl.Study(problem, opt, {"learning_rate": 0.1, "clip": 1.0, "momentum": 0.9},
+                 steps=5, seeds=1)
+    assert_friendly(e)
+    with pytest.raises(ValueError, match="^hparams='clip'.*missing"):
+        sl.Study(problem, opt, {"learning_rate": 0.1}, steps=5, seeds=1)
+    opt = sl.Optimizer(clipped_sgd, defaults={"clip": 1.0})
+    assert sl.Study(problem, opt, {"learning_rate": 0.1}, steps=5, seeds=1).hparams["clip"] == 1.0
+    # the named optimizers are such factories: their keys are found the same way
+    assert sl.Optimizer("momentum").required == ("learning_rate", "momentum")
+    assert sl.Optimizer("sgd", schedule="power").defaults == {"n0": 0.0}
+
+
+# --------------------------------------------------------------------------- friendly errors
+
+
+@jax.tree_util.register_pytree_node_class
+class ModuleLike:
+    """An Equinox-like module: arrays and a function, all leaves."""
+
+    def __init__(self, w, act):
+        self.w, self.act = w, act
+
+    def tree_flatten(self):
+        return (self.w, self.act), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, leaves):
+        return cls(*leaves)
+
+
+def test_user_function_errors_are_one_line_without_jax_traceback():
+    base = sl.problems.noisy_quadratic([1.0, 2.0], [1.0, 1.0])
+
+    def study(**changes):
+        return sl.Study(dataclasses.replace(base, **changes), sl.Optimizer("sgd"),
+                        {"learning_rate": 0.1}, steps=5, seeds=1)
+
+    cases = [
+        (dict(loss=lambda w, xi, hp: w * w), r"^problem\.loss.*float32\[2\].*scalar"),
+        (dict(init=lambda key: ModuleLike(jnp.zeros(2), jnp.tanh)),
+         r"^problem\.init.*leaf of type .*pytree of arrays"),
+        (dict(init=lambda key: jnp.zeros(2, jnp.int32)), r"^problem\.init.*int32.*float"),
+        (dict(loss=lambda w, xi, hp: jnp.sum(w @ jnp.ones((3, 3)))),
+         r"^problem\.loss.*failed on abstract inputs.*params are float32\[2\]"),
+    ]
+    for changes, pattern in cases:
+        with pytest.raises(ValueError, match=pattern) as e:
+            sl.run(study(**changes), progress=False)
+        assert_friendly(e)
+
+
+# --------------------------------------------------------------------------- static sweeps
+
+
+def test_static_sweep_over_batch_size_equals_separate_runs_bitwise():
+    A = np.diag([1.0, 0.5])
+    kw = dict(optimizer=sl.Optimizer("sgd"), hparams={"learning_rate": [0.1, 0.2]}, steps=40,
+              seeds=6, observe=sl.Observe(("w", "loss"), num=5))
+    study = sl.Study(lambda batch_size: sl.problems.linear_regression(A, 0.5, batch_size),
+                     static={"batch_size": [1, 4]}, **kw)
+    p = sl.plan(study)
+    assert p.compiles == 2 and "batch_size=4" in p.describe()
+    ds = sl.run(study, progress=False)
+    assert ds["w"].dims[:3] == ("batch_size", "learning_rate", "seed")
+    assert ds.batch_size.values.tolist() == [1, 4]
+    chunked = sl.run(study, chunk_size=2, progress=False)
+    for b in (1, 4):
+        ref = sl.run(sl.Study(sl.problems.linear_regression(A, 0.5, b), **kw), progress=False)
+        for v in ref.data_vars:
+            assert np.array_equal(ds[v].sel(batch_size=b).values, ref[v].values,
+                                  equal_nan=True), v
+            assert np.array_equal(chunked[v].sel(batch_size=b).values, ref[v].values,
+                                  equal_nan=True), v
+    assert not np.array_equal(ds["w"].sel(batch_size=1).values, ds["w"].sel(batch_size=4).values)
+    assert sl.results.config(ds)["static"] == {"batch_size": [1, 4]}
+    with pytest.raises(ValueError, match="^problem"):
+        sl.Study(sl.problems.noisy_quadratic(1.0, 1.0), static={"batch_size": [1]}, **kw)
+
+
+# --------------------------------------------------------------------------- compile cache
+
+
+def test_second_run_in_a_fresh_process_reads_the_compiled_program_from_the_cache(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import jax, sgdlab as sl\n"
+        "hits = []\n"
+        "jax.monitoring.register_event_listener(\n"
+        "    lambda e, **k: hits.append(e) if e == '/jax/compilation_cache/cache_hits' else None)\n"
+        "st = sl.Study(sl.problems.noisy_quadratic(1.0, 1.0), sl.Optimizer('sgd'),\n"
+        "              {'learning_rate': [0.1, 0.2]}, steps=20, seeds=3)\n"
+        "sl.run(st, progress=False)\n"
+        "print('cache', jax.config.jax_compilation_cache_dir, 'hits', len(hits))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")
+           and not k.startswith("JAX_PERSISTENT_CACHE")}
+    env["SGDLAB_COMPILE_CACHE"] = str(tmp_path / "cache")
+    outs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=600) for _ in range(2)]
+    for o in outs:
+        assert o.returncode == 0, o.stderr[-2000:]
+    first, second = (o.stdout.split()[-1] for o in outs)
+    assert str(tmp_path / "cache") in outs[0].stdout
+    assert int(second) >= int(first) + 2  # the init and segment programs were read back
+    assert any((tmp_path / "cache").iterdir())
+    env["SGDLAB_COMPILE_CACHE"] = "0"
+    off = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert off.returncode == 0 and int(off.stdout.split()[-1]) == 0
+
+
+# --------------------------------------------------------------------------- user recorders
+
+
+@dataclasses.dataclass(frozen=True)
+class RunningMax:
+    """A user recorder in a page: each member's running max of |w₀|, and the sum over live
+    members of the final |w₀|, reduced on the device per block of seeds."""
+
+    name: str = "running_max"
+
+    @staticmethod
+    def _value(ctx, members, hp, data, t):
+        from jax.flatten_util import ravel_pytree
+        return ctx.evaluate(lambda o: jnp.abs(ravel_pytree(o.params)[0][0]), members, hp, data, t)
+
+    def init(self, ctx, members, hp, data, valid):
+        v = self._value(ctx, members, hp, data, jnp.int32(0))
+        s, g = v.shape
+        return {"max": v, "block_sum": jnp.zeros((s // ctx.block, g), v.dtype)}
+
+    def update(self, ctx, state, members, hp, data, valid, t):
+        v = self._value(ctx, members, hp, data, t)
+        live = ctx.live(members, valid)
+        sums = jnp.where(live, v, 0).reshape((-1, ctx.block) + v.shape[1:]).sum(axis=1)
+        last = t == ctx.study.steps
+        return {"max": jnp.maximum(state["max"], v),
+                "block_sum": jnp.where(last, sums, state["block_sum"])}
+
+    def collect(self, ctx, state, members, valid):
+        blocks = -(-int(valid.sum()) // ctx.block)
+        return {"max": np.asarray(state["max"])[valid],
+                "block_sum": np.asarray(state["block_sum"])[:blocks]}
+
+    def merge(self, ctx, parts):
+        total = None
+        for b in np.concatenate([p["block_sum"] for p in parts]):  # blocks in seed order
+            total = b if total is None else total + b
+        return {"max": np.concatenate([p["max"] for p in parts]), "sum": total}
+
+    def to_dataset(self, ctx, merged):
+        return {}, {"max_abs_w": (ctx.gdims + ("seed",), ctx.grid_first(merged["max"])),
+                    "sum_abs_w": (ctx.gdims, ctx.grid_unflat(merged["sum"]))}
+
+
+def test_user_recorder_works_and_is_bitwise_invariant_to_chunking():
+    problem = sl.problems.noisy_quadratic(1.0, 1.0, w0=2.0)
+
+    def study(**kw):
+        kw.setdefault("recorders", (RunningMax(),))
+        return sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": [0.05, 0.2]}, steps=30,
+                        seeds=12, block_seeds=4, observe=sl.Observe(("w",), at=tuple(range(31))),
+                        **kw)
+    ds = sl.run(study(), progress=False)
+    w = np.abs(ds["w"].values[..., 0])                                 # (lr, seed, step)
+    assert np.array_equal(ds.max_abs_w.values, w.max(-1))
+    np.testing.assert_allclose(ds.sum_abs_w.values, w[..., -1].sum(-1), rtol=1e-5)
+    chunked = sl.run(study(chunk_size=4), progress=False)
+    assert "3 chunk(s)" in chunked.attrs["plan"]
+    for v in ("max_abs_w", "sum_abs_w", "w"):
+        assert np.array_equal(ds[v].values, chunked[v].values), v
+    assert sl.results.config(ds)["recorders"] == [{"name": "running_max",
+                                                   "type": "RunningMax"}]
+    with pytest.raises(ValueError, match="^recorders"):
+        study(recorders=(object(),))
