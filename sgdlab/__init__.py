@@ -19,6 +19,14 @@ and the submodules ``sl.engine``, ``sl.results``, ``sl.analysis``, ``sl.plots``,
 __version__ = "0.1.0"
 
 import importlib
+import os
+
+# Programs read back from the persistent compile cache (on by default) make jaxlib's CPU
+# loader log a spurious multi-line error per program on some x86 CPUs (LLVM tuning flags
+# taken for ISA features, jax-ml/jax#38445); the program loads and runs. Unless the user
+# set the C++ log level, keep only fatal C++ messages. Must happen before jax is imported.
+if os.environ.get("SGDLAB_COMPILE_CACHE", "").strip().lower() not in ("0", "off", "false", "no"):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from sgdlab import data, engine, losses, models, optim, problems, results  # noqa: E402
 from sgdlab.engine import FirstPassage, Observe, Plan, Stationary, Study, plan, run  # noqa: E402
@@ -26,7 +34,7 @@ from sgdlab.optim import Optimizer  # noqa: E402
 from sgdlab.problems import Observation, Problem  # noqa: E402
 from sgdlab.results import load, save  # noqa: E402
 
-_LAZY = ("analysis", "plots", "theory", "experiments", "cli")
+_LAZY = ("analysis", "plots", "theory", "experiments", "splitting", "cli")
 
 
 def __getattr__(name: str):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any
 
@@ -11,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sgdlab._progress import Progress
 from sgdlab._validate import fail
 from sgdlab.engine._checkpoint import Checkpoint
 from sgdlab.engine._compiled import _arrays, _Program, _program
@@ -37,43 +37,20 @@ def clear_stop() -> None:
     _STOP["requested"] = False
 
 
-class Progress:
-    """A one-line progress bar on stderr, shown once a run has taken > 2 s."""
-
-    def __init__(self, total: int, enabled: bool = True, label: str = "sgdlab", done: int = 0):
-        self.total, self.enabled, self.label = total, enabled, label
-        self.start, self.done, self.shown = time.perf_counter(), done, False
-
-    def tick(self, n: int = 1, note: str = ""):
-        self.done += n
-        elapsed = time.perf_counter() - self.start
-        if not self.enabled or (elapsed < 2.0 and not self.shown):
-            return
-        self.shown = True
-        frac = self.done / max(self.total, 1)
-        bar = "#" * int(30 * frac)
-        sys.stderr.write(f"\r[{self.label}] [{bar:<30}] {100 * frac:5.1f}% {elapsed:6.1f}s "
-                         f"{note}  ")
-        sys.stderr.flush()
-
-    def close(self):
-        if self.shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 CHECKPOINT_LAYOUT = 2
 """How finished chunks are stored in a checkpoint (2: one part per recorder, by name)."""
 
 
 def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
         memory_budget: int | None = None, devices: int | None = None,
-        checkpoint: str | os.PathLike | Checkpoint | None = None):
+        checkpoint: str | os.PathLike | Checkpoint | None = None, label: str = "sgdlab"):
     """Run every member of a study and return the labeled results (``xarray.Dataset``).
 
     Args:
       study: the study.
-      progress: show a progress bar (advanced per segment) for runs longer than 2 s.
+      progress: show progress on stderr (a bar with ETA and member-steps/s on a terminal,
+        a sparse plain line otherwise; see :mod:`sgdlab._progress`).
+      label: the study's name in the progress display.
       chunk_size, memory_budget: override the layout (see :func:`plan`).
       devices: number of local devices to shard the seeds over (default: all).
         Under ``jax.distributed`` (several processes) each process runs its share
@@ -94,7 +71,8 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
 
     if study.static is not None:
         return _run_static(study, progress=progress, chunk_size=chunk_size,
-                           memory_budget=memory_budget, devices=devices, checkpoint=checkpoint)
+                           memory_budget=memory_budget, devices=devices, checkpoint=checkpoint,
+                           label=label)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint | None) else Checkpoint(checkpoint)
     config = study.describe()
     state = ckpt.read() if ckpt is not None else None
@@ -133,7 +111,9 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
             carry0 = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
                                                   [jnp.asarray(x) for x in leaves])
     total = p.chunks * p.segments
-    bar = Progress(total, enabled=progress, done=start_chunk * p.segments + start_seg)
+    bar = Progress(total, enabled=progress, label=label,
+                   done=start_chunk * p.segments + start_seg,
+                   work_per_tick=p.chunk_seeds * study.n_grid * p.segment_steps)
     t_start = time.perf_counter()
 
     def save(c, seg, carry):
@@ -184,7 +164,7 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
     return results.to_dataset(study, prog, out, p, runtime_s=time.perf_counter() - t_start)
 
 
-def _run_static(study: Study, checkpoint=None, **kw):
+def _run_static(study: Study, checkpoint=None, label: str = "sgdlab", **kw):
     """Run every combination of a static sweep; one Dataset with the static dims in front.
 
     A checkpoint path ``c.npz`` becomes one checkpoint per combination (``c.static0.npz``...).
@@ -202,7 +182,8 @@ def _run_static(study: Study, checkpoint=None, **kw):
             every = (checkpoint.every_seconds, checkpoint.every_steps) \
                 if isinstance(checkpoint, Checkpoint) else (60.0, None)
             ckpt = Checkpoint(f"{base}.static{i}{ext or '.npz'}", *every)
-        ds = run(sub, checkpoint=ckpt, **kw)
+        where = ", ".join(f"{k}={v!r}" for k, v in zip(names, combo, strict=True))
+        ds = run(sub, checkpoint=ckpt, label=f"{label} {where} ({i + 1}/{len(subs)})", **kw)
         plans.append(", ".join(f"{k}={v!r}" for k, v in zip(names, combo, strict=True))
                      + ": " + ds.attrs["plan"])
         runtime += float(ds.attrs["runtime_s"])

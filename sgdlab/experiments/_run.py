@@ -37,13 +37,14 @@ class Context:
     memory_budget: int | None = None
     log: Callable[[str], None] = print
 
-    def run_study(self, study, name: str = "main"):
+    def run_study(self, study, name: str = "main", label: str | None = None):
         """Run (or resume, or reload) one study of this experiment."""
         from sgdlab import engine, results
 
+        label = label or name
         if self.checkpoint_dir is None:
             return engine.run(study, progress=self.progress, devices=self.devices,
-                              memory_budget=self.memory_budget)
+                              memory_budget=self.memory_budget, label=label)
         done = self.checkpoint_dir / f"{name}.done.zarr"
         if done.exists():
             ds = results.load(done)
@@ -58,7 +59,7 @@ class Context:
         if os.path.exists(ckpt.path):
             self.log(f"[sgdlab] {name}: resuming from its checkpoint")
         ds = engine.run(study, progress=self.progress, devices=self.devices,
-                        memory_budget=self.memory_budget, checkpoint=ckpt)
+                        memory_budget=self.memory_budget, checkpoint=ckpt, label=label)
         results.save(ds, done, overwrite=True)
         if os.path.exists(ckpt.path):
             os.unlink(ckpt.path)
@@ -121,7 +122,7 @@ def run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = 
         for sname, study in studies.items():
             if len(studies) > 1:
                 log(f"[sgdlab] study {labels[sname]}")
-            datasets[sname] = ctx.run_study(study, sname)
+            datasets[sname] = ctx.run_study(study, sname, labels[sname])
         outcome = exp.analyze(cfg, datasets)
     finally:
         for sig, h in handlers.items():
