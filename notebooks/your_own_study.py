@@ -13,11 +13,11 @@
 # the test risk first drop below a target?") with censoring, per grid point.
 
 # %%
+import sgdlab as sl  # noqa: I001  (first: it sets up the compile cache before jax loads)
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import sgdlab as sl
 
 # your data: a noisy teacher on 5 inputs, 256 training and 1024 test examples
 rng = np.random.default_rng(0)

@@ -36,6 +36,9 @@ from sgdlab.results import load, save  # noqa: E402
 
 _LAZY = ("analysis", "plots", "theory", "experiments", "splitting", "cli")
 
+if "IPython" in __import__("sys").modules:  # in Jupyter: figures display inline as images
+    from sgdlab import plots  # noqa: E402, F401
+
 
 def __getattr__(name: str):
     """Import the heavier submodules (matplotlib, scipy, the experiments) on first use."""
