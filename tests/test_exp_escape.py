@@ -11,6 +11,7 @@ from sgdlab import analysis, cli, engine, experiments, theory
 from sgdlab.experiments import escape as E
 from sgdlab.optim import Optimizer
 from sgdlab.problems import potential_1d, potential_fns
+from sgdlab.theory import escape as TE
 
 
 def _cfg(**overrides):
@@ -90,8 +91,8 @@ def test_gaussian_kernel_reproduces_theory(kind, lo, hi, x0):
     lr, s2 = 0.3, 0.8
     tau, n, _ = theory.mfpt_nystrom_converged(dU, lr, s2, lo, hi, x0=x0)
     P, k0 = E.gaussian_kernel(dU, lr, s2, lo, hi, x0, n)
-    assert E._tau(P, k0) == pytest.approx(tau, rel=1e-10)
-    s, h = E._survival(P, k0)
+    assert TE.kernel_tau(P, k0) == pytest.approx(tau, rel=1e-10)
+    s, h = TE.kernel_survival(P, k0)
     assert np.sum(s[:-1]) + s[-1] / h[-1] == pytest.approx(tau, rel=1e-7)
     rho = np.max(np.abs(np.linalg.eigvals(P)))
     assert h[-1] == pytest.approx(1 - rho, rel=1e-7)
@@ -105,7 +106,7 @@ def test_lattice_oracle_in_the_gaussian_limit():
     atoms = np.linspace(-10 * sd, 10 * sd, 1001)
     probs = np.exp(-0.5 * (atoms / sd) ** 2)
     P, k0 = E.lattice_kernel(dU, lr, atoms, probs / probs.sum(), -1.0, 1.0, 0.0, 800)
-    assert E._tau(P, k0) == pytest.approx(tau, rel=5e-4)
+    assert TE.kernel_tau(P, k0) == pytest.approx(tau, rel=5e-4)
 
 
 def test_minibatch_noise_law_moments():
@@ -130,7 +131,7 @@ def test_minibatch_oracle_is_exact_where_the_gaussian_one_is_not():
     atoms, probs = E.minibatch_noise_law(np.asarray(problem.data.init(None), float), 1)
     _, dU = potential_fns("sharp-well", 1.0)
     P, k0 = E.lattice_kernel(dU, lr, atoms, probs, -1.0, 1.0, 0.0, 800)
-    tau = E._tau(P, k0)
+    tau = TE.kernel_tau(P, k0)
     ds = engine.run(engine.Study(problem, Optimizer("sgd"), {"learning_rate": lr}, steps=1000,
                                  seeds=4000, observe=None,
                                  first_passage=engine.FirstPassage("escaped")), progress=False)

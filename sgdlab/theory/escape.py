@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+import scipy.signal
 
 from sgdlab.theory._checks import as_output, check_1d, finite_array, fmt
 
@@ -289,3 +291,204 @@ def escape_rate_from_mfpt(tau: Any) -> float | np.ndarray:
     if np.any(t <= 0):
         raise ValueError(f"tau must be > 0, got {tau!r}")
     return as_output(1.0 / t)
+
+
+# exact survival of the discretized chain (the escape experiment's oracle)
+
+TAIL_TOL = 1e-3
+"""The hazard counts as in its exponential tail once within this relative distance of 1 − ρ."""
+
+
+@dataclass(frozen=True)
+class ChainOracle:
+    """Exact escape statistics of one discrete-time chain: τ, survival, tail hazard."""
+
+    tau: float            # mean first-passage time (steps) from the start
+    tau_censored: float   # Σ_{t<c} S(t) / (1 − S(c)): the censored MLE's target at c
+    hazard: float         # 1 − ρ: per-step escape probability in the exponential tail
+    t_tail: int           # the hazard is within TAIL_TOL of 1 − ρ from this step on
+    nodes: int            # quadrature / collocation nodes used
+    t_exact: np.ndarray   # steps 0..T at which the survival was iterated
+    s_exact: np.ndarray   # S(t) there; S(t) = S(T) ρ^(t−T) beyond
+
+    def survival(self, t) -> np.ndarray:
+        t = np.asarray(t, dtype=float)
+        T = self.t_exact[-1]
+        rho = 1.0 - self.hazard
+        inside = np.interp(np.minimum(t, T), self.t_exact, self.s_exact)
+        return np.where(t <= T, inside, self.s_exact[-1] * rho ** np.maximum(t - T, 0.0))
+
+
+def _gauss_legendre(lo, hi, n, order=10):
+    """Composite Gauss–Legendre nodes and weights, as in :func:`theory.mfpt_nystrom`."""
+    panels = max(1, math.ceil(n / order))
+    xg, wg = np.polynomial.legendre.leggauss(order)
+    edges = np.linspace(lo, hi, panels + 1)
+    half = 0.5 * np.diff(edges)
+    mid = 0.5 * (edges[:-1] + edges[1:])
+    return (mid[:, None] + half[:, None] * xg).ravel(), (half[:, None] * wg).ravel()
+
+
+def gaussian_kernel(dU, lr, s2, lo, hi, x0, n):
+    """Nyström discretization of one SGD step with Gaussian noise, killed outside [lo, hi].
+
+    Returns ``(P, k0)``: ``P[i, j] = w_j p(y_i → y_j)`` on the Gauss–Legendre nodes
+    y (the node count of :func:`sgdlab.theory.mfpt_nystrom` for ``n``) and ``k0`` the
+    same row from the start ``x0``; then ``τ(x0) = 1 + k0·(I − P)⁻¹ 1`` and the
+    survival is ``S(t) = k0 Pᵗ⁻¹ 1`` (t ≥ 1).
+    """
+    y, w = _gauss_legendre(lo, hi, n)
+    width = lr * math.sqrt(s2)
+
+    def rows(x):
+        z = (y[None, :] - (x - lr * dU(x))[:, None]) / width
+        return np.exp(-0.5 * z * z) / (width * math.sqrt(2 * math.pi)) * w[None, :]
+
+    return rows(y), rows(np.array([float(x0)]))[0]
+
+
+def lattice_kernel(dU, lr, atoms, probs, lo, hi, x0, m):
+    """One SGD step with a discrete noise law, killed outside [lo, hi], by collocation.
+
+    τ and the survival are represented by their values on ``m + 1`` equispaced
+    nodes of [lo, hi] and interpolated linearly; the noise ζ takes the values
+    ``atoms`` with probabilities ``probs``. Returns ``(P, k0)`` as
+    :func:`gaussian_kernel` does.
+    """
+    nodes = np.linspace(lo, hi, m + 1)
+    h = (hi - lo) / m
+
+    def rows(x):
+        y = (x - lr * dU(x))[:, None] - lr * atoms[None, :]
+        inside = (y >= lo) & (y <= hi)
+        u = np.clip((y - lo) / h, 0.0, m)
+        j = np.minimum(np.floor(u).astype(np.int64), m - 1)
+        f = u - j
+        p = np.where(inside, probs[None, :], 0.0)
+        r = np.broadcast_to(np.arange(x.size)[:, None], y.shape)
+        out = np.zeros((x.size, m + 1))
+        np.add.at(out, (r, j), p * (1 - f))
+        np.add.at(out, (r, j + 1), p * f)
+        return out
+
+    return rows(nodes), rows(np.array([float(x0)]))[0]
+
+
+def _bin(values, weights, lo, spacing, size):
+    """Linear (mean-preserving) binning of point masses onto ``lo + spacing·k``."""
+    u = (values - lo) / spacing
+    k = np.clip(np.floor(u).astype(np.int64), 0, size - 2)
+    f = u - k
+    out = np.zeros(size)
+    np.add.at(out, k, weights * (1 - f))
+    np.add.at(out, k + 1, weights * f)
+    return out
+
+
+def minibatch_noise_law(z, S, per_sd: int = 100):
+    """Law of the mean of S draws with replacement from the values ``z``, on a lattice.
+
+    The empirical law of z is binned (mean-preserving) on spacing sd(z)/(2·per_sd),
+    convolved S times (FFT, binary powers), mapped to the mean and re-binned on
+    spacing sd(mean)/per_sd; atoms below 1e-16 are dropped. Returns ``(atoms, probs)``.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    sd = float(z.std())
+    dz = sd / (2 * per_sd)
+    base = _bin(z, np.full(z.size, 1.0 / z.size), z.min(), dz,
+                int(math.ceil((z.max() - z.min()) / dz)) + 2)
+    law, k = np.array([1.0]), S
+    while k:
+        if k & 1:
+            law = np.clip(scipy.signal.fftconvolve(law, base), 0.0, None)
+        k >>= 1
+        if k:
+            base = np.clip(scipy.signal.fftconvolve(base, base), 0.0, None)
+    mean = (S * z.min() + dz * np.arange(law.size)) / S
+    keep = law > 1e-16 * law.max()
+    mean, law = mean[keep], law[keep] / law[keep].sum()
+    d = sd / math.sqrt(S) / per_sd
+    if d > dz / S:
+        grid_lo = mean.min()
+        size = int(math.ceil((mean.max() - grid_lo) / d)) + 2
+        law = _bin(mean, law, grid_lo, d, size)
+        mean = grid_lo + d * np.arange(size)
+        keep = law > 1e-16 * law.max()
+        mean, law = mean[keep], law[keep] / law[keep].sum()
+    return mean, law
+
+
+def kernel_tau(P, k0) -> float:
+    """Mean first-passage time ``1 + k0·(I − P)⁻¹·1`` of a discretized chain."""
+    return 1.0 + float(k0 @ np.linalg.solve(np.eye(P.shape[0]) - P, np.ones(P.shape[0])))
+
+
+def kernel_survival(P, k0, tol: float = 1e-9, max_iter: int = 50000):
+    """``(S, h)``: S(t) = k0·Pᵗ⁻¹·1 for t = 0, 1, ... (S(0) = 1) and the hazards
+    h(t) = 1 − S(t+1)/S(t), iterated until h has converged (power iteration on P)."""
+    v = np.ones(P.shape[0])
+    a = float(k0 @ v)
+    ratios = [a]
+    while a > 0 and len(ratios) <= max_iter:
+        pv = P @ v
+        a_next = float(k0 @ pv)
+        ratios.append(a_next / a)
+        if len(ratios) > 5 and abs(ratios[-1] - ratios[-2]) <= tol * abs(1.0 - ratios[-1]):
+            break
+        top = float(np.max(np.abs(pv)))
+        if not top > 0:
+            break
+        v, a = pv / top, a_next / top
+    else:
+        if a > 0:
+            raise RuntimeError("the survival of the escape oracle did not reach its "
+                               f"exponential tail within {max_iter} steps")
+    ratios = np.array(ratios)
+    with np.errstate(divide="ignore"):
+        s = np.exp(np.concatenate([[0.0], np.cumsum(np.log(ratios))]))
+    return s, 1.0 - ratios
+
+
+def oracle_from_kernel(P, k0, max_steps: int, nodes: int, tau: float | None = None) -> ChainOracle:
+    """Exact survival, hazard, τ and the censored-MLE target of a discretized chain ``(P, k0)``."""
+    s, h = kernel_survival(P, k0)
+    haz = float(h[-1])
+    rho = 1.0 - haz
+    T = s.size - 1
+    far = np.nonzero(np.abs(h - haz) > TAIL_TOL * haz)[0]
+    t_tail = int(far[-1] + 1) if far.size else 0
+    head = float(np.sum(s[:-1]))
+    tau_sum = head + s[-1] / haz
+    if tau is None:
+        tau = kernel_tau(P, k0)
+    c = max_steps
+    if c <= T:
+        tau_c = float(np.sum(s[:c]) / (1.0 - s[c]))
+    else:
+        tail_c = rho ** (c - T)
+        tau_c = (head + s[-1] * (1.0 - tail_c) / haz) / (1.0 - s[-1] * tail_c)
+    # the power iteration and the linear solve must agree on τ
+    if not abs(tau_sum - tau) <= 1e-6 * tau:
+        raise RuntimeError(f"escape oracle inconsistent: τ = {tau:.8g} by solve, "
+                           f"{tau_sum:.8g} by summing the survival")
+    tau_c *= tau / tau_sum
+    return ChainOracle(float(tau), float(tau_c), haz, t_tail, nodes, np.arange(T + 1.0), s)
+
+
+def double_well_left_bound(dU, lr, s2, hi, x0, w_min):
+    """A left bound for a one-sided (double-well) escape that the chain never reaches.
+
+    The bound is moved left until moving it 0.5 further changes τ by less than the
+    solve's own accuracy: 10× the relative change of τ under node doubling
+    (:func:`sgdlab.theory.mfpt_nystrom_converged`), and at least 10⁻¹⁰.
+    """
+    extra = 1.0
+    while extra < 20:
+        a, n, rel = mfpt_nystrom_converged(dU, lr, s2, w_min - extra, hi, x0=x0)
+        b = mfpt_nystrom(dU, lr, s2, w_min - extra - 0.5, hi, x0=x0,
+                                n_nodes=math.ceil(n * (hi - w_min + extra + 0.5)
+                                                  / (hi - w_min + extra)))
+        if abs(a - b) <= max(1e-10, 10 * rel) * abs(b):
+            return w_min - extra
+        extra += 0.5
+    raise RuntimeError("no left bound found for the double-well oracle")
