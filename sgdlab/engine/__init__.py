@@ -44,6 +44,7 @@ live in :mod:`sgdlab.provenance`.
 
 from sgdlab.engine import _compiled
 from sgdlab.engine._cache import compile_cache
+from sgdlab.engine._cache import requested as _cache_requested
 from sgdlab.engine._checkpoint import Checkpoint, _flatten, _unflatten
 from sgdlab.engine._checks import UserFunctionError
 from sgdlab.engine._compiled import (
@@ -100,7 +101,8 @@ from sgdlab.engine._state import (
 from sgdlab.engine._study import Study, _builtin_observables, _jsonable, _resolve
 from sgdlab.provenance import config_diff, config_json, device_description, versions
 
-compile_cache()
+if _cache_requested():
+    compile_cache()
 
 
 def __getattr__(name: str):

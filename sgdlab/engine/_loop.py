@@ -12,6 +12,7 @@ import numpy as np
 
 from sgdlab._progress import Progress
 from sgdlab._validate import fail
+from sgdlab.engine._cache import auto_enable
 from sgdlab.engine._checkpoint import Checkpoint
 from sgdlab.engine._compiled import _arrays, _Program, _program
 from sgdlab.engine._layout import Plan, plan
@@ -69,6 +70,7 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
     """
     from sgdlab import results  # the result store imports the engine lazily, and vice versa
 
+    auto_enable()
     if study.static is not None:
         return _run_static(study, progress=progress, chunk_size=chunk_size,
                            memory_budget=memory_budget, devices=devices, checkpoint=checkpoint,
