@@ -201,6 +201,36 @@ def test_noise_injection_is_traced_and_shared_across_grid():
     np.testing.assert_allclose(bm[1], 4 * bm[0], rtol=1e-4)
 
 
+def test_noise_stream_is_the_documented_block_stream_whatever_the_segments():
+    """Stream version 2: the noise of step t is row (t-1) % B of block (t-1) // B, drawn
+    from fold_in(noise_key, block); segment length and chunking change no bit."""
+    with jax.enable_x64(True):
+        d, steps = 3, 150  # B = 64 for 3 parameters: three blocks, the last one partial
+        B = engine.noise_block(d)
+        assert B == 64 and engine.noise_block(1000) == 4 and engine.noise_block(10**6) == 1
+        problem = sl.problems.noisy_quadratic([0.0] * d, [0.0] * d)
+
+        def run(**kw):
+            study = sl.Study(problem, sl.Optimizer("sgd"),
+                             {"learning_rate": 1.0, "noise_std": [1.0, 3.0]}, steps=steps,
+                             seeds=3, observe=sl.Observe(("w",), at=tuple(range(steps + 1))),
+                             **kw)
+            return sl.run(study, progress=False).w.values
+
+        w = run(segment_steps=7)
+        np.testing.assert_array_equal(w, run(segment_steps=steps))
+        np.testing.assert_array_equal(w, run(segment_steps=64, chunk_size=2))
+        # with zero curvature, w_t - w_(t-1) = -noise_std * z_t
+        z = -np.diff(w[0], axis=-2)  # [seed, step, d]
+        np.testing.assert_allclose(-np.diff(w[1], axis=-2), 3.0 * z, atol=1e-12)  # common
+        for i in range(3):
+            key = engine._seed_keys(0, i)[2]
+            blocks = [jax.random.normal(jax.random.split(jax.random.fold_in(key, b), 1)[0],
+                                        (B, d)) for b in range(-(-steps // B))]
+            expected = np.concatenate(blocks)[:steps]
+            np.testing.assert_allclose(z[i], expected, rtol=0, atol=1e-12)
+
+
 def test_power_schedule_matches_closed_form_product():
     # deterministic GD on ½w² with γ_n = γ0/(n+n0)^α: w_n = Π(1 − γ_k) w_0
     problem = sl.problems.noisy_quadratic(1.0, 0.0, w0=1.0)

@@ -96,6 +96,7 @@ from sgdlab.engine._state import (
     _norm,
     _seed_keys,
     _select,
+    noise_block,
     shared_key,
 )
 from sgdlab.engine._study import Study, _builtin_observables, _jsonable, _resolve
@@ -116,4 +117,4 @@ __all__ = ["Study", "Observe", "Stationary", "FirstPassage", "Plan", "StaticPlan
            "Carry", "run", "plan", "trace_count", "compile_cache", "shared_key", "Checkpoint",
            "Interrupted", "request_stop", "clear_stop", "Progress", "config_diff", "config_json",
            "device_description", "versions", "default_memory_budget", "ObservableSpec",
-           "UserFunctionError", "Recorder", "STREAM_VERSION"]
+           "UserFunctionError", "Recorder", "STREAM_VERSION", "noise_block"]

@@ -19,6 +19,7 @@ from sgdlab.engine._state import (
     _norm,
     _seed_keys,
     _select,
+    noise_block,
     shared_key,
 )
 from sgdlab.engine._study import Study, _builtin_observables, _resolve
@@ -173,12 +174,27 @@ class _Program:
             new = new._replace(event_step=event_step)
         return new
 
-    def _noise(self, key, params_like, t):
-        leaves, treedef = jax.tree_util.tree_flatten(params_like)
-        keys = jax.random.split(jax.random.fold_in(key, t), len(leaves))
-        return jax.tree_util.tree_unflatten(
-            treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves,
-                                                                             strict=True)])
+    def _noise_blocks(self, noise_k, params):
+        """``(draw, empty)`` for the block noise of a chunk (see ``STREAM_VERSION``).
+
+        ``draw(b)`` gives every seed's normals of block ``b`` (leaves ``[S, B, ...]``,
+        shared by the seed's grid points); ``empty`` is the carried block before the
+        first draw of a segment.
+        """
+        shapes = [(x.shape[2:], x.dtype) for x in jax.tree_util.tree_leaves(params)]
+        B = noise_block(sum(math.prod(sh) for sh, _ in shapes))
+
+        def one_seed(key, b):
+            keys = jax.random.split(jax.random.fold_in(key, b), len(shapes))
+            return tuple(jax.random.normal(k, (B,) + sh, dt)
+                         for k, (sh, dt) in zip(keys, shapes, strict=True))
+
+        def draw(b):
+            return jax.vmap(one_seed, in_axes=(0, None))(noise_k, b)
+
+        s = noise_k.shape[0]
+        empty = tuple(jnp.zeros((s, B) + sh, dt) for sh, dt in shapes)
+        return B, draw, empty
 
     # ---- all members of a chunk
     def _per_seed_data(self, data, n_seeds):
@@ -250,26 +266,36 @@ class _Program:
         _, data_k, noise_k = jax.vmap(_seed_keys, in_axes=(None, 0))(base_seed, seed_index)
         data = carry.data
 
-        def per_seed(ms_g, dk, nk, d, t):
+        def per_seed(ms_g, dk, noise, d, t):
             batch = problem.data.batch(d, dk, t)
-            noise = None
-            if self.noise:
-                first = jax.tree_util.tree_map(lambda x: x[0], ms_g.params)
-                noise = self._noise(nk, first, t)
             return jax.vmap(self._member_step, in_axes=(0, None, None, 0, None, None))(
                 ms_g, batch, noise, hp, t, d)
 
         data_s = self._per_seed_data(data, seed_index.shape[0])
+        treedef = jax.tree_util.tree_structure(carry.members.params)
+        if self.noise:
+            B, draw, empty = self._noise_blocks(noise_k, carry.members.params)
 
-        def body(c: Carry, t):
+        def body(state, t):
+            c, blocks, drawn = state
+            noise = None
+            if self.noise:
+                b = (t - 1) // B
+                blocks = jax.lax.cond(b != drawn, lambda _: draw(b), lambda old: old, blocks)
+                drawn = b
+                row = (t - 1) % B
+                noise = jax.tree_util.tree_unflatten(treedef, [
+                    jax.lax.dynamic_index_in_dim(x, row, axis=1, keepdims=False)
+                    for x in blocks])
             members = jax.vmap(per_seed, in_axes=(0, 0, 0, 0, None))(
-                c.members, data_k, noise_k, data_s, t)
-            records = tuple(r.update(self, state, members, hp, data, valid, t)
-                            for r, state in zip(self.recorders, c.records, strict=True))
-            return Carry(members, records, data), None
+                c.members, data_k, noise, data_s, t)
+            records = tuple(r.update(self, rs, members, hp, data, valid, t)
+                            for r, rs in zip(self.recorders, c.records, strict=True))
+            return (Carry(members, records, data), blocks, drawn), None
 
         ts = t0 + 1 + jnp.arange(self.segment_steps, dtype=jnp.int32)
-        carry, _ = jax.lax.scan(body, carry, ts)
+        start = (carry, empty if self.noise else (), jnp.int32(-1))
+        (carry, _, _), _ = jax.lax.scan(body, start, ts)
         return carry
 
 

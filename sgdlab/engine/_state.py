@@ -28,16 +28,43 @@ class Carry(NamedTuple):
     data: Any                   # data drawn once (shared, or per seed with a seed axis)
 
 
-STREAM_VERSION = 1
+STREAM_VERSION = 2
 """The version of the random streams (how keys and normals are derived from the seed).
 
-Version 1: a member's keys are ``fold_in(fold_in(key(seed), 0), seed_index)`` ->
-init ``fold_in(k, 0)``, data ``fold_in(k, 1)``, noise ``fold_in(k, 2)``; step ``t``
-uses ``fold_in(data_key, t)`` (and ``fold_in(noise_key, t)`` split per parameter
-leaf); data drawn once per study from ``fold_in(key(seed), 1)``. Any change to these
-derivations must increase it: results and checkpoints record it, and a checkpoint
-of another version is refused on resume.
+A member's keys are ``fold_in(fold_in(key(seed), 0), seed_index)`` -> init
+``fold_in(k, 0)``, data ``fold_in(k, 1)``, noise ``fold_in(k, 2)``; step ``t`` draws
+its batch with ``fold_in(data_key, t)`` (the problem's data source); data drawn once
+per study come from ``fold_in(key(seed), 1)``.
+
+Gradient noise (version 2) is drawn in fixed blocks of :func:`noise_block` steps,
+one call per block and parameter leaf: steps ``t = 1, 2, ...`` fall in block
+``b = (t - 1) // B`` at row ``(t - 1) % B``, and block ``b`` of leaf ``i`` is
+``normal(split(fold_in(noise_key, b), n_leaves)[i], (B,) + leaf.shape)``. Blocks
+are defined by step numbers, never by segments, so segment length, chunking and
+ensemble size change no bit; every grid point of a seed reads the same normals
+(common random numbers). Version 1 drew each step's noise with its own
+``fold_in(noise_key, t)``.
+
+Any change to these derivations must increase the version: results, checkpoints
+and ``summary.json`` record it, and a checkpoint of another version is refused on
+resume.
 """
+
+NOISE_BLOCK_ELEMENTS = 4096
+"""At most this many normals per seed in one noise block (see :func:`noise_block`)."""
+
+
+def noise_block(n_params: int) -> int:
+    """Steps per block of gradient noise for a member with ``n_params`` numbers.
+
+    A power of two from 1 to 64, the largest with ``B * n_params <= 4096``: long
+    blocks for the small models where key derivation dominates, one step per block
+    for large ones. A function of the model alone, so the stream is too.
+    """
+    b = 64
+    while b > 1 and b * max(1, int(n_params)) > NOISE_BLOCK_ELEMENTS:
+        b //= 2
+    return b
 
 
 def _seed_keys(base_seed, seed_index):
