@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 
 def fail(field: str, value: Any, allowed: str) -> None:
     """Raise the standard configuration error."""
@@ -51,3 +53,25 @@ def choice(field: str, value: Any, options: Iterable[str]) -> str:
     if value not in options:
         fail(field, value, "expected one of " + ", ".join(map(str, options)))
     return value
+
+
+def fmt(x: float) -> str:
+    """Short, unambiguous rendering of a number for error messages (2.0, 2.5, 1e-07)."""
+    s = f"{float(x):.6g}"
+    if s.lstrip("-").isdigit():
+        s += ".0"
+    return s
+
+
+def momentum_violation(momentum: Any) -> str | None:
+    """Why heavy-ball momentum μ (a number or an array) is outside |μ| < 1, or None.
+
+    |μ| < 1 is the one momentum bound: beyond it heavy ball is unstable on every
+    quadratic and has no stationary law. The reason names the first offending entry,
+    e.g. ``"|μ| = 1.0 ≥ 1"``; callers raise it with their own error type.
+    """
+    a = np.abs(np.asarray(momentum, dtype=np.float64))
+    bad = a >= 1
+    if np.any(bad):
+        return f"|μ| = {fmt(a[bad].flat[0])} ≥ 1"
+    return None

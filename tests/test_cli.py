@@ -363,3 +363,39 @@ def test_human_names_of_studies():
     assert names["S1_lr0"] == "learning_rate=0.1, batch_size=4 (1/3)"
     assert names["S2_lr0"] == "learning_rate=0.1, batch_size=16 (3/3)"
     assert human_names({"main": {"learning_rate": [0.1, 0.2]}}) == {"main": "main"}
+
+
+# steps no other test uses, so that no program of these runs is cached in this process
+DRY_RUN_SMOKE = {
+    "escape": ["learning_rate=0.3,0.7", "barrier_over_temperature=3", "seeds=40",
+               "max_steps=43"],
+    "lzu-minibatch": ["batch_size=2", "learning_rate=0.3", "method=sgd,newton", "seeds=40",
+                      "steps=230", "burn_in=30"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(DRY_RUN_SMOKE))
+def test_dry_run_counts_the_compiles_a_run_traces(name, capsys):
+    """--dry-run's compile count is the number of traces the run then adds: studies of the
+    same static structure (escape's learning rates) share one program, others do not."""
+    import re
+
+    from sgdlab import engine
+
+    argv = ["run", name, "--dry-run"]
+    for item in DRY_RUN_SMOKE[name]:
+        argv += ["--set", item]
+    code, out, _ = run_cli(argv, capsys)
+    assert code == 0, out
+    m = re.search(r"; (\d+) compiles? \(distinct programs over (\d+) stud(?:y|ies)\)", out)
+    assert m, out
+    planned, n_studies = int(m.group(1)), int(m.group(2))
+    assert n_studies == len(out.strip().splitlines()) - 1
+    if name == "escape":
+        assert (planned, n_studies) == (1, 2)
+        assert "shared with S1_lr0" in out
+    else:
+        assert planned == n_studies >= 2
+    before = engine.trace_count()
+    experiments.run(name, set_strings=DRY_RUN_SMOKE[name], progress=False, log=lambda s: None)
+    assert engine.trace_count() - before == planned

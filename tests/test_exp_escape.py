@@ -20,15 +20,18 @@ def _cfg(**overrides):
 
 def test_quick_preset_end_to_end(tmp_path, capsys):
     out = tmp_path / "o"
-    traces = engine.TRACE_COUNT
+    traces = engine.trace_count()
     code = cli.main(["run", "escape", "--out", str(out), "--quiet"])
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     # every learning rate is its own study, all through one compiled program
-    assert engine.TRACE_COUNT - traces == 1
+    assert engine.trace_count() - traces == 1
     summary = json.loads((out / "summary.json").read_text())
     assert (out / "results.zarr").is_dir()
     assert (out / "figures" / "escape.png").exists()
+    assert summary["stream_version"] == engine.STREAM_VERSION
+    assert summary["processes"] == 1
+    assert summary["summary_format"] == experiments.SUMMARY_FORMAT
     names = {q["name"] for q in summary["quantities"]}
     assert names == {"mfpt", "escape_rate", "arrhenius_slope"}
     assert all(q["pass"] is True for q in summary["quantities"]), stdout

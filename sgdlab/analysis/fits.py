@@ -203,15 +203,8 @@ def _rate_fit(name, t, mean, se, t_min, t_max, level, interval, power, dim):
 
 
 def fit_exponential_rate(
-    t: Any,
-    mean: Any,
-    se: Any,
-    t_min: float | None = None,
-    t_max: float | None = None,
-    level: float = 0.95,
-    *,
-    interval: str = "normal",
-    dim: str | None = None,
+    t: Any, mean: Any, se: Any, t_min: float | None = None, t_max: float | None = None,
+    level: float = 0.95, *, interval: str = "normal", dim: str | None = None,
 ) -> RateFit | xr.Dataset:
     """Fit ``ln mean(t) = a − r·t`` by weighted least squares and return r.
 
@@ -252,15 +245,8 @@ def fit_exponential_rate(
 
 
 def fit_power_law(
-    t: Any,
-    mean: Any,
-    se: Any,
-    t_min: float | None = None,
-    t_max: float | None = None,
-    level: float = 0.95,
-    *,
-    interval: str = "normal",
-    dim: str | None = None,
+    t: Any, mean: Any, se: Any, t_min: float | None = None, t_max: float | None = None,
+    level: float = 0.95, *, interval: str = "normal", dim: str | None = None,
 ) -> RateFit | xr.Dataset:
     """Fit ``ln mean(t) = a + p·ln t`` by weighted least squares and return p.
 

@@ -123,7 +123,7 @@ def run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = 
             if len(studies) > 1:
                 log(f"[sgdlab] study {labels[sname]}")
             datasets[sname] = ctx.run_study(study, sname, labels[sname])
-        outcome = exp.analyze(cfg, datasets)
+        outcome = _analyze(exp, cfg, datasets, seed)
     finally:
         for sig, h in handlers.items():
             signal.signal(sig, h)
@@ -131,7 +131,8 @@ def run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = 
     summary = {
         "experiment": name, "preset": preset, "config": cfg, "seed": seed,
         "device": engine.device_description(), "versions": engine.versions(),
-        "x64": identity["x64"], "runtime_s": time.perf_counter() - t0,
+        "x64": identity["x64"], "stream_version": engine.STREAM_VERSION,
+        "processes": jax.process_count(), "runtime_s": time.perf_counter() - t0,
         "summary_format": SUMMARY_FORMAT, "checks": finalize(outcome.quantities),
         "quantities": outcome.quantities, "notes": outcome.notes, **outcome.extra,
     }
@@ -142,22 +143,63 @@ def run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = 
     return summary, datasets, figures
 
 
+def _analyze(exp, cfg: dict, datasets: dict, seed: int):
+    """``exp.analyze(cfg, datasets)``, with ``seed=`` when the analysis takes the run's seed
+    (an estimator that draws its own random numbers in ``analyze``, e.g. escape's splitting)."""
+    import inspect
+
+    if "seed" in inspect.signature(exp.analyze).parameters:
+        return exp.analyze(cfg, datasets, seed=seed)
+    return exp.analyze(cfg, datasets)
+
+
 def dry_run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = None, *,
             config_file=None, set_strings: Sequence[str] = (), seed: int = 0,
             devices: int | None = None, memory_budget: int | None = None) -> list[str]:
-    """The plan of every study of a run (members, chunks, devices, memory), computing nothing."""
+    """The plan of every study of a run (members, chunks, devices, memory), computing nothing.
+
+    The last line counts the distinct compiled programs the run needs: studies (and
+    static combinations) of the same static structure share one program, so this is
+    the number of traces a run adds (:func:`sgdlab.engine.trace_count`) in a process
+    that has not compiled them yet.
+    """
     from sgdlab import engine
 
     exp = get(name)
     cfg = exp.resolve(preset, overrides, config_file, set_strings)
     lines = []
     total = 0
-    for sname, study in exp.studies(cfg, seed).items():
+    programs: dict[tuple, str] = {}  # program key -> the study that compiles it
+    studies = exp.studies(cfg, seed)
+    for sname, study in studies.items():
         p = engine.plan(study, memory_budget=memory_budget, devices=devices, measure=True)
         total += study.n_members * study.steps
-        lines.append(f"{sname}: {p.describe()}")
-    lines.append(f"total: {total:.3g} member-steps; one compile per study")
+        keys = _program_keys(study, p)
+        shared = sorted({programs[k] for k in keys if k in programs})
+        for k in keys:
+            programs.setdefault(k, sname)
+        line = f"{sname}: {p.describe()}"
+        if shared:
+            line += f", shared with {', '.join(shared)}"
+        lines.append(line)
+    n, m = len(programs), len(studies)
+    lines.append(f"total: {total:.3g} member-steps; {n} compile{'s' if n != 1 else ''} "
+                 f"(distinct programs over {m} stud{'ies' if m != 1 else 'y'})")
     return lines
+
+
+def _program_keys(study, p) -> list[tuple]:
+    """The keys of the compiled programs a study's plan runs (one per static combination).
+
+    Two studies with equal keys run one program: the engine caches programs by this key.
+    """
+    from sgdlab.engine import StaticPlan, _compiled
+
+    if isinstance(p, StaticPlan):
+        subs = study.static_studies()
+        return [_compiled._static_key(subs[c], q.chunk_seeds, q.segment_steps, q.devices)
+                for c, q in p.plans.items()]
+    return [_compiled._static_key(study, p.chunk_seeds, p.segment_steps, p.devices)]
 
 
 def _prepare_out(path: Path, identity: dict, force: bool, log):

@@ -82,18 +82,26 @@ with the same escape rule; no continuous-time approximation enters a check):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-from sgdlab import analysis, engine, splitting, theory
+from sgdlab import analysis, engine, theory
 from sgdlab._validate import fail
 from sgdlab.experiments import Experiment, Outcome, Param, quantity, register
+from sgdlab.experiments import _escape_splitting as _splitting
+from sgdlab.experiments._escape_chain import MIN_EVENTS, N_DATA
+from sgdlab.experiments._escape_chain import Cell as _Cell
+from sgdlab.experiments._escape_chain import barrier as _barrier
+from sgdlab.experiments._escape_chain import cells as _cells
+from sgdlab.experiments._escape_chain import fit_slope as _fit_slope
+from sgdlab.experiments._escape_chain import fixed_noise as _fixed_noise
+from sgdlab.experiments._escape_chain import problem as _problem
+from sgdlab.experiments._escape_chain import region as _region
+from sgdlab.experiments._escape_chain import tau_only as _tau_only
 from sgdlab.optim import Optimizer
-from sgdlab.problems import POTENTIALS, potential_1d, potential_fns
+from sgdlab.problems import POTENTIALS
 from sgdlab.theory.escape import (
     ChainOracle,
-    double_well_left_bound,
     gaussian_kernel,
     kernel_tau,
     lattice_kernel,
@@ -101,14 +109,10 @@ from sgdlab.theory.escape import (
     oracle_from_kernel,
 )
 
-N_DATA = 1000
-"""Per-example tilts of the minibatch-noise variant (``batch_size`` > 1)."""
 ORACLE_TOL = 1e-4
 """Relative convergence tolerance of the minibatch (lattice) oracle under grid refinement."""
 Z95 = 1.959963984540054
 """Normal quantile of the 95% slope interval."""
-MIN_EVENTS = 30
-"""Fewest escapes for an ``mfpt`` measurement (fewer: the check fails, run longer)."""
 MIN_TAIL_EVENTS = 30
 """Fewest escapes after ``t_tail`` for an ``escape_rate`` measurement (fewer: reported
 without a prediction)."""
@@ -117,57 +121,6 @@ without a prediction)."""
 # --------------------------------------------------------------------------- configuration
 
 
-def _minimum(kind: str) -> float:
-    return 0.0 if kind == "sharp-well" else -1.0
-
-
-def _problem(cfg, noise_var: float = 0.0, batch_size: int = 1):
-    """The potential of ``cfg``: Gaussian (noise added by the engine) or minibatch noise."""
-    kw = dict(curvature=cfg["curvature"], wall=cfg["wall"], threshold=cfg["threshold"],
-              w0=_minimum(cfg["potential"]) + cfg["start"])
-    if batch_size == 1:
-        return potential_1d(cfg["potential"], noise_var=0.0, **kw)
-    return potential_1d(cfg["potential"], noise="minibatch", noise_var=noise_var,
-                        batch_size=batch_size, n_data=N_DATA, **kw)
-
-
-def _barrier(cfg) -> float:
-    return float(_problem(cfg).config["barrier"])
-
-
-def _fixed_noise(cfg) -> bool:
-    return cfg["noise_var"] > 0
-
-
-@dataclass(frozen=True)
-class _Cell:
-    """One (batch size, learning rate, barrier) point of the experiment."""
-
-    S: int
-    i: int            # index of the learning rate
-    j: int            # index of the barrier value (0 with a fixed noise_var)
-    lr: float
-    x: float          # ΔL/T, T = λσ²/2
-    s2: float         # variance σ² of the gradient noise
-
-    @property
-    def coords(self) -> dict:
-        return {"learning_rate": self.lr, "barrier_over_temperature": round(self.x, 6),
-                "batch_size": self.S}
-
-
-def _cells(cfg) -> list[_Cell]:
-    dL = _barrier(cfg)
-    out = []
-    for S in cfg["batch_size"]:
-        for i, lr in enumerate(cfg["learning_rate"]):
-            if _fixed_noise(cfg):
-                s2 = cfg["noise_var"] / S
-                out.append(_Cell(S, i, 0, lr, 2 * dL / (lr * s2), s2))
-            else:
-                for j, x in enumerate(cfg["barrier_over_temperature"]):
-                    out.append(_Cell(S, i, j, lr, x, 2 * dL / (lr * x)))
-    return out
 
 
 def _layout(cfg) -> list[tuple[str, int, float | None, dict, list[tuple[int, int]]]]:
@@ -225,24 +178,15 @@ def _validate(cfg):
             fail("start", cfg["start"], f"the start -1 + start must lie below the threshold "
                  f"{cfg['threshold']:g}")
     if cfg["estimator"] == "splitting":
-        if cfg["batch_size"] != [1]:
-            fail("batch_size", cfg["batch_size"], "estimator=splitting supports batch_size=1 "
-                 "(Gaussian gradient noise) only")
-        zA, _ = _levels(cfg)
-        if not _start_score(cfg) < zA:
-            fail("basin", cfg["basin"], f"the start's score {_start_score(cfg):g} must lie below "
-                 f"the basin level {zA:g}: raise basin or move start")
-        if cfg["burn_in"] >= cfg["flux_steps"]:
-            fail("burn_in", cfg["burn_in"], f"expected fewer than flux_steps={cfg['flux_steps']}")
+        _splitting.validate(cfg)
     if max(cfg["batch_size"]) > N_DATA:
         fail("batch_size", max(cfg["batch_size"]), f"expected at most N = {N_DATA} (the "
              "minibatch variant draws from N per-example tilts)")
 
 
 def _studies(cfg, seed):
-    _SEED["value"] = seed
     if cfg["estimator"] == "splitting":
-        return {}  # splitting runs its own compiled programs (see _analyze_splitting)
+        return {}  # splitting runs its own compiled programs in analyze (_escape_splitting)
     gaussian = _problem(cfg)  # one object: every Gaussian study shares one compile
     minibatch: dict[tuple[int, float], object] = {}
     studies = {}
@@ -263,15 +207,6 @@ def _studies(cfg, seed):
 # --------------------------------------------------------------------------- exact oracles
 
 
-def _region(cfg, cell: _Cell):
-    """``(U', lo, hi, x0)``: the chain's drift, non-escaped region and start."""
-    kind = cfg["potential"]
-    _, dU = potential_fns(kind, cfg["curvature"])
-    x0 = _minimum(kind) + cfg["start"]
-    if kind == "sharp-well":
-        return dU, -cfg["wall"], cfg["wall"], x0
-    hi = cfg["threshold"]
-    return dU, double_well_left_bound(dU, cell.lr, cell.s2, hi, x0, -1.0), hi, x0
 
 
 def oracle(cfg, cell: _Cell) -> ChainOracle:
@@ -380,10 +315,6 @@ def _num(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def _fit_slope(x, mean, se):
-    """(slope, se, lo, hi, intercept) of ln mean = a + slope·x (95%), independent errors."""
-    fit = analysis.fit_exponential_rate(x, mean, se)
-    return -fit.estimate, fit.se, -fit.hi, -fit.lo, fit.intercept
 
 
 def slope_se_correlated(x, mean, se, cov_log) -> float:
@@ -400,9 +331,10 @@ def slope_se_correlated(x, mean, se, cov_log) -> float:
     return float(math.sqrt(c @ np.asarray(cov_log, float) @ c))
 
 
-def _analyze(cfg, datasets) -> Outcome:
+def _analyze(cfg, datasets, seed: int = 0) -> Outcome:
+    """The outcome of a run; ``seed`` is the run's seed (the splitting estimator's keys)."""
     if cfg["estimator"] == "splitting":
-        return _analyze_splitting(cfg, datasets)
+        return _splitting.analyze(cfg, datasets, seed)
     cells = _cells(cfg)
     times = _member_times(cfg, datasets)
     quantities, notes, oracles, influence = [], [], {}, {}
@@ -529,9 +461,6 @@ def _curves(cfg) -> dict:
     return out
 
 
-def _tau_only(cfg, cell: _Cell) -> float:
-    dU, lo, hi, x0 = _region(cfg, cell)
-    return theory.mfpt_nystrom_converged(dU, cell.lr, cell.s2, lo, hi, x0=x0)[0]
 
 
 def _survival_picks(cfg, cells) -> list[_Cell]:
@@ -563,7 +492,7 @@ def _figures(results, summary):
     from matplotlib.figure import Figure
 
     if summary["config"].get("estimator", "brute") == "splitting":
-        return _figures_splitting(summary)
+        return _splitting.figures(summary)
     from sgdlab.plots import plot_survival
 
     cfg = summary["config"]
@@ -715,197 +644,10 @@ def _locate(cfg, row) -> tuple[str, int]:
     raise KeyError(row)
 
 
-# --------------------------------------------------------------------------- splitting
-
-ESTIMATORS = ("brute", "splitting")
-_SEED = {"value": 0}
-"""The run's seed, stashed by ``_studies`` for the splitting estimator (which runs in
-``analyze``: the framework passes the seed to ``studies`` only)."""
 
 
-def _abs_score(o):
-    import jax.numpy as jnp
-    return jnp.abs(o.params)
-
-
-def _w_score(o):
-    return o.params
-
-
-def _score_fn(kind: str):
-    """The reaction coordinate: |w| for the sharp well, w for the double well."""
-    return _abs_score if kind == "sharp-well" else _w_score
-
-
-def _levels(cfg) -> tuple[float, float]:
-    """``(basin level z_A, target z_B)`` in score units."""
-    if cfg["potential"] == "sharp-well":
-        lo, top = 0.0, cfg["wall"]
-    else:
-        lo, top = -1.0, cfg["threshold"]
-    return lo + cfg["basin"] * (top - lo), top
-
-
-def _start_score(cfg) -> float:
-    x0 = _minimum(cfg["potential"]) + cfg["start"]
-    return abs(x0) if cfg["potential"] == "sharp-well" else x0
-
-
-def _budget(cfg) -> splitting.Budget:
-    return splitting.Budget(
-        replicas=cfg["replicas"], walkers=cfg["walkers"], flux_steps=cfg["flux_steps"],
-        burn_in=cfg["burn_in"], particles=cfg["particles"], kill_fraction=cfg["kill_fraction"],
-        levels=cfg["levels"], substeps=cfg["substeps"], max_trial_steps=cfg["max_trial_steps"])
-
-
-def _analyze_splitting(cfg, datasets: dict) -> Outcome:
-    """Flux × adaptive multilevel splitting per cell (:mod:`sgdlab.splitting`).
-
-    ``mfpt`` (equal, 4 SE of the replicas, delta method) against the oracle's
-    uncensored τ; ``inverse_mfpt`` (covers: the replicas' t interval) against 1/τ;
-    ``inverse_mfpt_brute`` (covers) the escapes of the flux walkers (brute force with
-    recycling) against 1/τ where they saw ≥ MIN_EVENTS escapes; ``escape_probability``
-    per attempt (crossing of the basin level) reported; ``arrhenius_slope`` (covers)
-    of ln mfpt against the same fit through the oracle's ln τ.
-
-    The per-replica results are added to ``datasets`` as the dataset ``splitting``
-    (dims cell × replica), so that they are stored in results.zarr with the run.
-    """
-    import xarray as xr
-
-    seed = _SEED["value"]
-    problem = _problem(cfg)
-    budget = _budget(cfg)
-    zA, zB = _levels(cfg)
-    score = _score_fn(cfg["potential"])
-    quantities, notes, rows, raw = [], [], [], []
-    notes.append(f"estimator=splitting: score {'|w|' if score is _abs_score else 'w'}, basin "
-                 f"level {zA:g}, target {zB:g}; {budget.replicas} replicas × ({budget.walkers} "
-                 f"flux walkers × {budget.flux_steps} steps, {budget.particles} AMS particles, "
-                 f"{budget.levels} levels, {budget.substeps} sub-kick(s) per step)")
-    for cell in _cells(cfg):
-        tau = _tau_only(cfg, cell)
-        res = splitting.estimate(problem, Optimizer("sgd"),
-                                 {"learning_rate": cell.lr, "noise_std": math.sqrt(cell.s2)},
-                                 score=score, basin=zA, target=zB, budget=budget, seed=seed)
-        m, inv, pr, br = res.mfpt, res.inverse_mfpt, res.probability, res.brute_rate
-        raw.append(res)
-        quantities.append(quantity(
-            "mfpt", cell.coords, m.value, m.se, tau, criterion="equal", oracle="nystrom",
-            note=f"splitting; 95% interval [{m.lo:.4g}, {m.hi:.4g}]; uncensored τ"))
-        quantities.append(quantity(
-            "inverse_mfpt", cell.coords, inv.value, inv.se, 1.0 / tau, ci=(inv.lo, inv.hi),
-            criterion="covers", oracle="nystrom", note="splitting: flux × AMS probability"))
-        quantities.append(quantity("escape_probability", cell.coords, pr.value, pr.se,
-                                   ci=(pr.lo, pr.hi),
-                                   note="per crossing of the basin level (reported only)"))
-        n_esc = int(np.sum(res.escapes))
-        if n_esc >= MIN_EVENTS:
-            quantities.append(quantity(
-                "inverse_mfpt_brute", cell.coords, br.value, br.se, 1.0 / tau,
-                ci=(br.lo, br.hi), criterion="covers", oracle="nystrom",
-                note=f"brute force: {n_esc} escapes of the recycled flux walkers"))
-        rel = m.se / m.value
-        cost = res.member_steps * rel**2
-        rows.append({**cell.coords, "noise_var": cell.s2, "tau": tau, "mfpt": m.value,
-                     "mfpt_se": m.se, "mfpt_lo": m.lo, "mfpt_hi": m.hi,
-                     "inverse_mfpt": inv.value, "inverse_mfpt_se": inv.se,
-                     "probability": pr.value, "probability_se": pr.se,
-                     "brute_rate": br.value, "brute_rate_se": br.se, "brute_escapes": n_esc,
-                     "member_steps": res.member_steps, "seconds": res.seconds,
-                     "cost_per_unit_relvar": cost, "brute_cost_per_unit_relvar": tau,
-                     "iterations_mean": float(np.mean(res.iterations))})
-    cells = _cells(cfg)
-    datasets["splitting"] = xr.Dataset(
-        {k: (("cell", "replica"), np.stack([getattr(r, k) for r in raw]))
-         for k in ("rate", "prob", "crossings", "escapes", "iterations")},
-        coords={"learning_rate": ("cell", [c.lr for c in cells]),
-                "barrier_over_temperature": ("cell", [c.x for c in cells])},
-        attrs={"walker_steps": raw[0].walker_steps, "seed": seed})
-    arrhenius = []
-    xs = cfg["barrier_over_temperature"]
-    if not _fixed_noise(cfg) and len(xs) >= 3:
-        for lr in cfg["learning_rate"]:
-            row = [r for r in rows if r["learning_rate"] == lr]
-            x = np.array([r["barrier_over_temperature"] for r in row])
-            mm = np.array([r["mfpt"] for r in row])
-            e = np.array([r["mfpt_se"] for r in row])
-            tau = np.array([r["tau"] for r in row])
-            coords = {"learning_rate": lr, "batch_size": 1}
-            slope, se, lo, hi, a = _fit_slope(x, mm, e)
-            pred, _, _, _, a_pred = _fit_slope(x, tau, tau * e / mm)
-            quantities.append(quantity(
-                "arrhenius_slope", coords, slope, se, pred, ci=(lo, hi), oracle="nystrom",
-                note="independent-errors SE (replicas share keys across barriers)"))
-            arrhenius.append({**coords, "slope": slope, "se": se, "lo": lo, "hi": hi,
-                              "intercept": a, "predicted": pred, "predicted_intercept": a_pred})
-    return Outcome(quantities, notes, {"barrier": _barrier(cfg), "cells": rows,
-                                       "arrhenius": arrhenius,
-                                       "curves": _curves_splitting(cfg)})
-
-
-def _curves_splitting(cfg) -> dict:
-    """Oracle ln τ on a fine grid of ΔL/T per learning rate (for the escape figure)."""
-    out = {"mfpt_vs_x": []}
-    if _fixed_noise(cfg):
-        return out
-    xs = np.asarray(cfg["barrier_over_temperature"])
-    dL = _barrier(cfg)
-    xg = np.linspace(min(xs.min(), 3.0), max(xs.max(), 3.0), 12)
-    for lr in cfg["learning_rate"]:
-        taus = [_tau_only(cfg, _Cell(1, -1, -1, lr, float(x), 2 * dL / (lr * x))) for x in xg]
-        out["mfpt_vs_x"].append({"learning_rate": lr, "barrier_over_temperature": xg.tolist(),
-                                 "tau": taus})
-    return out
-
-
-def _figures_splitting(summary):
-    from matplotlib.figure import Figure
-
-    cfg = summary["config"]
-    rows = summary["cells"]
-    fig = Figure(figsize=(12.5, 5.0), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
-    for i, lr in enumerate(cfg["learning_rate"]):
-        c = f"C{i}"
-        pts = [r for r in rows if r["learning_rate"] == lr]
-        x = np.array([r["barrier_over_temperature"] for r in pts])
-        m = np.array([r["mfpt"] for r in pts])
-        lo = np.array([r["mfpt_lo"] for r in pts])
-        hi = np.array([r["mfpt_hi"] for r in pts])
-        ax1.errorbar(x, np.log(m), yerr=[np.log(m) - np.log(lo), np.log(hi) - np.log(m)],
-                     fmt="o", color=c, capsize=3, ms=5, label=f"splitting, λ = {lr:g} (95%)")
-        b = [r for r in pts if r["brute_escapes"] >= MIN_EVENTS]
-        if b:
-            xb = np.array([r["barrier_over_temperature"] for r in b])
-            rb = np.array([r["brute_rate"] for r in b])
-            eb = np.array([r["brute_rate_se"] for r in b])
-            ax1.errorbar(xb + 0.15, -np.log(rb), yerr=2 * eb / rb, fmt="s", mfc="none",
-                         color=c, capsize=2, ms=5)
-        cur = next((cv for cv in summary["curves"]["mfpt_vs_x"] if cv["learning_rate"] == lr),
-                   None)
-        if cur is not None:
-            ax1.plot(cur["barrier_over_temperature"], np.log(cur["tau"]), "-", color=c,
-                     alpha=0.6, lw=2)
-        ax2.errorbar(x, m / np.array([r["tau"] for r in pts]) - 1,
-                     yerr=2 * np.array([r["mfpt_se"] for r in pts]) / np.array(
-                         [r["tau"] for r in pts]), fmt="o", color=c, capsize=3, ms=5,
-                     label=f"λ = {lr:g}")
-    ax1.plot([], [], "k-", alpha=0.6, lw=2, label="Nyström oracle ln τ")
-    ax1.plot([], [], "ks", mfc="none", label="brute force (flux walkers, ±2 SE)")
-    ax1.set_xlabel("ΔL/T  (T = λσ²/2)")
-    ax1.set_ylabel("ln(mean escape time / steps)")
-    where = (f"sharp well, a = {cfg['curvature']:g}" if cfg["potential"] == "sharp-well"
-             else "double well")
-    ax1.set_title(f"{where}: splitting vs the exact oracle")
-    ax1.legend(fontsize=7)
-    ax2.axhline(0, color="k", lw=1)
-    ax2.set_xlabel("ΔL/T")
-    ax2.set_ylabel("τ̂ / τ − 1  (±2 SE)")
-    ax2.set_title("relative error of the splitting estimate")
-    ax2.legend(fontsize=7)
-    fig.suptitle("Escape of SGD by flux × adaptive multilevel splitting")
-    return {"escape": fig}
+_w_score = _splitting.w_score
+"""The double well's reaction coordinate w (notebooks/escape_splitting.py uses it)."""
 
 
 def effective_temperature_table(potential: str, learning_rates, x_pair=(16.0, 20.0),
@@ -970,7 +712,7 @@ register(Experiment(
         Param("seeds", int, 3000, "members per grid point", low=2),
         Param("estimator", str, "brute", "brute: an ensemble run to max_steps (censored); "
               "splitting: flux × adaptive multilevel splitting (sgdlab.splitting), for mean "
-              "escape times far beyond brute force", choices=ESTIMATORS),
+              "escape times far beyond brute force", choices=_splitting.ESTIMATORS),
         Param("replicas", int, 8, "splitting: independent replicas; standard errors and 95% "
               "intervals (Student t) come from their spread; the 4-SE mfpt check wants ≥ 8",
               low=2),

@@ -26,6 +26,17 @@ DU_LABELS = ("gaussian", "teacher")
 DU_TRAIN = ("W", "both")
 
 
+def sphere_inputs(
+    data_seed: int, X, n_data: int, dim: int
+) -> tuple[np.random.Generator, np.ndarray]:
+    """The data generator of ``data_seed`` and the inputs: ``X`` checked, or ``n_data`` points
+    drawn uniformly on the unit sphere of dimension ``dim`` (shared by Du's and Villani's nets)."""
+    rng = np.random.default_rng(positive_int("data_seed", data_seed, minimum=0))
+    if X is None:
+        return rng, sphere(rng, positive_int("n_data", n_data), positive_int("dim", dim))
+    return rng, data_matrix("X", X)
+
+
 def du_two_layer(width: int, *, n_data: int = 100, dim: int = 100, X=None, y=None,
                  labels: str = "gaussian", train: str = "W", teacher_width: int = 32,
                  reduction: str = "half_sum", mode: str = "full", batch_size: int | None = None,
@@ -67,13 +78,9 @@ def du_two_layer(width: int, *, n_data: int = 100, dim: int = 100, X=None, y=Non
     choice("train", train, DU_TRAIN)
     losses.check_reduction(reduction)
     sphere_tol = finite_float("sphere_tol", sphere_tol, low=0.0, low_open=True)
-    rng = np.random.default_rng(positive_int("data_seed", data_seed, minimum=0))
-    if X is None:
-        n_data, dim = positive_int("n_data", n_data), positive_int("dim", dim)
-        Xn = sphere(rng, n_data, dim)
-    else:
-        Xn = data_matrix("X", X)
-        n_data, dim = Xn.shape
+    rng, Xn = sphere_inputs(data_seed, X, n_data, dim)
+    n_data, dim = Xn.shape
+    if X is not None:
         dev = float(np.max(np.abs(np.linalg.norm(Xn, axis=1) - 1.0)))
         if dev > sphere_tol:
             fail("X", f"max ||x_i| - 1| = {dev:.3g}",

@@ -9,7 +9,8 @@ import numpy as np
 from sgdlab import data as data_lib
 from sgdlab import losses, models
 from sgdlab._validate import choice, finite_float, positive_int
-from sgdlab.problems._base import Problem, as_float_array, data_matrix, data_vector, indexer, sphere
+from sgdlab.problems._base import Problem, as_float_array, data_vector, indexer
+from sgdlab.problems.du import sphere_inputs
 
 SMOOTH_ACTIVATIONS = ("sigmoid", "tanh", "softplus")
 INIT_LAWS = ("zeros", "normal", "far")
@@ -79,13 +80,8 @@ def regularized_two_layer(width: int, *, reg: float, activation: str = "sigmoid"
     choice("init", init, INIT_LAWS)
     init_scale = finite_float("init_scale", init_scale, low=0.0)
     losses.check_reduction(reduction)
-    rng = np.random.default_rng(positive_int("data_seed", data_seed, minimum=0))
-    if X is None:
-        n_data, dim = positive_int("n_data", n_data), positive_int("dim", dim)
-        Xn = sphere(rng, n_data, dim)
-    else:
-        Xn = data_matrix("X", X)
-        n_data, dim = Xn.shape
+    rng, Xn = sphere_inputs(data_seed, X, n_data, dim)
+    n_data, dim = Xn.shape
     choice("output_scale", output_scale, OUTPUT_SCALES)
     if a is None:
         an = rng.choice([-1.0, 1.0], size=width) * output_weight(width, output_scale)

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from sgdlab._validate import fmt, momentum_violation
+
 
 class NoStationaryDistribution(ValueError):
     """Raised when SGD with the given parameters has no stationary second moment.
@@ -18,14 +20,6 @@ class NoStationaryDistribution(ValueError):
     def __init__(self, reason: str):
         super().__init__(f"no stationary distribution: {reason}")
         self.reason = reason
-
-
-def fmt(x: float) -> str:
-    """Short, unambiguous rendering of a number for error messages (2.0, 2.5, 1e-07)."""
-    s = f"{float(x):.6g}"
-    if s.lstrip("-").isdigit():
-        s += ".0"
-    return s
 
 
 def finite_array(x: Any, name: str) -> np.ndarray:
@@ -73,9 +67,15 @@ def psd_matrix(x: Any, name: str, d: int | None = None) -> np.ndarray:
 def check_momentum(momentum: Any) -> float:
     """Validate the momentum coefficient: finite, |μ| < 1 (else NoStationaryDistribution)."""
     mu = float(finite_array(momentum, "momentum"))
-    if abs(mu) >= 1:
-        raise NoStationaryDistribution(f"|μ| = {fmt(abs(mu))} ≥ 1")
+    require_momentum(mu)
     return mu
+
+
+def require_momentum(mu: Any) -> None:
+    """Raise NoStationaryDistribution unless every |μ| < 1 (the one momentum bound)."""
+    reason = momentum_violation(mu)
+    if reason is not None:
+        raise NoStationaryDistribution(reason)
 
 
 def lr_matrix(lr: Any, d: int) -> tuple[np.ndarray, bool]:
@@ -91,9 +91,7 @@ def check_1d(lr: Any, curvature: Any, momentum: Any) -> tuple[np.ndarray, ...]:
     k = finite_array(curvature, "curvature")
     mu = finite_array(momentum, "momentum")
     lam, k, mu = np.broadcast_arrays(lam, k, mu)
-    bad_mu = np.abs(mu) >= 1
-    if np.any(bad_mu):
-        raise NoStationaryDistribution(f"|μ| = {fmt(np.abs(mu[bad_mu]).flat[0])} ≥ 1")
+    require_momentum(mu)
     p = lam * k
     low = p <= 0
     if np.any(low):

@@ -18,6 +18,21 @@ from sgdlab.theory._checks import (
 from sgdlab.theory.lzu import excess_loss
 
 
+def _linreg_inputs(
+    lr: Any, A: Any, label_noise_var: Any, batch_size: Any, momentum: Any
+) -> tuple[float, float, np.ndarray, float, int]:
+    """Checked (μ, λ, A, σ², S) of the online linear-regression formulas."""
+    mu = check_momentum(momentum)
+    lam = float(finite_array(lr, "lr"))
+    if lam <= 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    A = spd_matrix(A, "A")
+    s2 = float(finite_array(label_noise_var, "label_noise_var"))
+    if s2 < 0:
+        raise ValueError(f"label_noise_var must be ≥ 0, got {label_noise_var!r}")
+    return mu, lam, A, s2, positive_int(batch_size, "batch_size")
+
+
 def linreg_covariance(
     lr: Any,
     A: Any,
@@ -59,16 +74,8 @@ def linreg_covariance(
         1 − Tr[ΛAG⁻¹]/S ≤ 0 (no finite second moment).
       ValueError: malformed input, or P not commuting with A.
     """
-    mu = check_momentum(momentum)
-    lam = float(finite_array(lr, "lr"))
-    if lam <= 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    A = spd_matrix(A, "A")
+    mu, lam, A, s2, S = _linreg_inputs(lr, A, label_noise_var, batch_size, momentum)
     d = A.shape[0]
-    s2 = float(finite_array(label_noise_var, "label_noise_var"))
-    if s2 < 0:
-        raise ValueError(f"label_noise_var must be ≥ 0, got {label_noise_var!r}")
-    S = positive_int(batch_size, "batch_size")
     if precond is None:
         L = lam * np.eye(d)
     else:
@@ -143,16 +150,8 @@ def damped_newton_covariance(
       NoStationaryDistribution: g ≤ 0 or gS − λD ≤ 0.
       ValueError: malformed input.
     """
-    mu = check_momentum(momentum)
-    lam = float(finite_array(lr, "lr"))
-    if lam <= 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    A = spd_matrix(A, "A")
+    mu, lam, A, s2, S = _linreg_inputs(lr, A, label_noise_var, batch_size, momentum)
     D = A.shape[0]
-    s2 = float(finite_array(label_noise_var, "label_noise_var"))
-    if s2 < 0:
-        raise ValueError(f"label_noise_var must be ≥ 0, got {label_noise_var!r}")
-    S = positive_int(batch_size, "batch_size")
     g = 2 * (1 - mu) - ((1 - mu) / (1 + mu) + 1 / S) * lam
     if g <= 0:
         raise NoStationaryDistribution(f"g = 2(1−μ) − ((1−μ)/(1+μ) + 1/S)λ = {fmt(g)} ≤ 0")

@@ -30,9 +30,46 @@ from sgdlab.theory._checks import (
     lr_matrix,
     positive_int,
     psd_matrix,
+    require_momentum,
     square_matrix,
 )
 from sgdlab.theory.stability import require_stable
+
+
+def _noise_var(noise_var: Any) -> np.ndarray:
+    s2 = finite_array(noise_var, "noise_var")
+    if np.any(s2 < 0):
+        raise ValueError(f"noise_var must be ≥ 0, got {noise_var!r}")
+    return s2
+
+
+def _heavy_ball_inputs(lr: Any, K: Any, C: Any, momentum: Any) -> tuple[Any, ...]:
+    """Checked (μ, K, C, Λ) of heavy ball on ½ wᵀKw with noise covariance C; stable."""
+    mu = check_momentum(momentum)
+    K = square_matrix(K, "K")
+    C = psd_matrix(C, "C", K.shape[0])
+    lam, _ = lr_matrix(lr, K.shape[0])
+    require_stable(lr, K, mu)
+    return mu, K, C, lam
+
+
+def _linear_chain(A: Any, B: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Checked update matrix A (n, n) and noise input B (n, m) of z' = Az + Bξ."""
+    A = finite_array(A, "A")
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"A must be a square matrix, got shape {A.shape}")
+    B = finite_array(B, "B")
+    if B.ndim == 1:
+        B = B[:, None]
+    if B.ndim != 2 or B.shape[0] != A.shape[0]:
+        raise ValueError(f"B must have shape ({A.shape[0]}, m), got {B.shape}")
+    return A, B
+
+
+def _require_contracting(A: np.ndarray) -> None:
+    rho = float(np.max(np.abs(np.linalg.eigvals(A)))) if A.size else 0.0
+    if rho >= 1:
+        raise NoStationaryDistribution(f"spectral radius of the update matrix A = {fmt(rho)} ≥ 1")
 
 
 def lzu_variance_1d(
@@ -60,9 +97,7 @@ def lzu_variance_1d(
       ValueError: non-finite input or negative noise variance.
     """
     lam, k, mu = check_1d(lr, curvature, momentum)
-    s2 = finite_array(noise_var, "noise_var")
-    if np.any(s2 < 0):
-        raise ValueError(f"noise_var must be ≥ 0, got {noise_var!r}")
+    s2 = _noise_var(noise_var)
     v = lam * s2 * (1 + mu) / (k * (1 - mu) * (2 * (1 + mu) - lam * k))
     return as_output(v)
 
@@ -76,31 +111,19 @@ def continuous_time_variance_1d(
     :func:`lzu_variance_1d` by the factor 1 − λk/(2(1+μ)).
     Liu, Ziyin, Ueda, arXiv:2012.03636 (the baseline they correct).
 
-    Args:
-      lr: learning rate λ > 0.
-      curvature: k > 0.
-      noise_var: gradient-noise variance σ² ≥ 0.
-      momentum: μ with |μ| < 1.
-
-    Returns:
-      The variance (float, or an array for array input).
-
-    Raises:
-      NoStationaryDistribution: if λk ≤ 0 or |μ| ≥ 1 (no upper bound on λ in
-        continuous time).
-      ValueError: non-finite input or negative noise variance.
+    Arguments, return value and errors as in :func:`lzu_variance_1d`, except
+    that NoStationaryDistribution is raised only if λk ≤ 0 or |μ| ≥ 1 (no upper
+    bound on λ in continuous time).
     """
     lam = finite_array(lr, "lr")
     k = finite_array(curvature, "curvature")
     mu = finite_array(momentum, "momentum")
     s2 = finite_array(noise_var, "noise_var")
     lam, k, mu, s2 = np.broadcast_arrays(lam, k, mu, s2)
-    if np.any(np.abs(mu) >= 1):
-        raise NoStationaryDistribution(f"|μ| = {fmt(np.max(np.abs(mu)))} ≥ 1")
+    require_momentum(mu)
     if np.any(lam * k <= 0):
         raise NoStationaryDistribution(f"λk = {fmt(np.min(lam * k))} ≤ 0")
-    if np.any(s2 < 0):
-        raise ValueError(f"noise_var must be ≥ 0, got {noise_var!r}")
+    s2 = _noise_var(noise_var)
     return as_output(lam * s2 / (2 * k * (1 - mu)))
 
 
@@ -128,12 +151,8 @@ def lzu_covariance_commuting(lr: Any, K: Any, C: Any, momentum: float = 0.0) -> 
       NoStationaryDistribution: unstable (see :func:`stability`).
       ValueError: malformed input.
     """
-    mu = check_momentum(momentum)
-    K = square_matrix(K, "K")
+    mu, K, C, lam = _heavy_ball_inputs(lr, K, C, momentum)
     d = K.shape[0]
-    C = psd_matrix(C, "C", d)
-    lam, _ = lr_matrix(lr, d)
-    require_stable(lr, K, mu)
     M = K @ (2 * (1 + mu) * np.eye(d) - lam @ K)
     X = (1 + mu) / (1 - mu) * np.linalg.solve(M, lam @ C)
     return 0.5 * (X + X.T)
@@ -166,12 +185,8 @@ def lzu_covariance(lr: Any, K: Any, C: Any, momentum: float = 0.0) -> np.ndarray
       NoStationaryDistribution: the chain is unstable (see :func:`stability`).
       ValueError: malformed input.
     """
-    mu = check_momentum(momentum)
-    K = square_matrix(K, "K")
+    mu, K, C, lam = _heavy_ball_inputs(lr, K, C, momentum)
     d = K.shape[0]
-    C = psd_matrix(C, "C", d)
-    lam, _ = lr_matrix(lr, d)
-    require_stable(lr, K, mu)
     eye = np.eye(d)
     M = lam @ K  # ΛK; its transpose is KΛ
     M2 = M @ M
@@ -219,19 +234,10 @@ def stationary_covariance_linear(A: Any, B: Any, noise_cov: Any) -> np.ndarray:
       NoStationaryDistribution: the spectral radius of A is ≥ 1.
       ValueError: malformed input (shapes, non-finite entries, C not PSD).
     """
-    A = finite_array(A, "A")
-    if A.ndim != 2 or A.shape[0] != A.shape[1]:
-        raise ValueError(f"A must be a square matrix, got shape {A.shape}")
-    B = finite_array(B, "B")
-    if B.ndim == 1:
-        B = B[:, None]
-    if B.ndim != 2 or B.shape[0] != A.shape[0]:
-        raise ValueError(f"B must have shape ({A.shape[0]}, m), got {B.shape}")
+    A, B = _linear_chain(A, B)
     C = psd_matrix(np.atleast_2d(finite_array(noise_cov, "noise_cov")), "noise_cov",
                    B.shape[1])
-    rho = float(np.max(np.abs(np.linalg.eigvals(A)))) if A.size else 0.0
-    if rho >= 1:
-        raise NoStationaryDistribution(f"spectral radius of the update matrix A = {fmt(rho)} ≥ 1")
+    _require_contracting(A)
     S = scipy.linalg.solve_discrete_lyapunov(A, B @ C @ B.T)
     return 0.5 * (S + S.T)
 
@@ -265,21 +271,12 @@ def stationary_covariance_periodic(A: Any, B: Any, period_noise_cov: Any,
       NoStationaryDistribution: the spectral radius of A is ≥ 1.
       ValueError: malformed input.
     """
-    A = finite_array(A, "A")
-    if A.ndim != 2 or A.shape[0] != A.shape[1]:
-        raise ValueError(f"A must be a square matrix, got shape {A.shape}")
-    B = finite_array(B, "B")
-    if B.ndim == 1:
-        B = B[:, None]
-    if B.ndim != 2 or B.shape[0] != A.shape[0]:
-        raise ValueError(f"B must have shape ({A.shape[0]}, m), got {B.shape}")
+    A, B = _linear_chain(A, B)
     E = positive_int(period, "period")
     m = B.shape[1]
     G = psd_matrix(np.atleast_2d(finite_array(period_noise_cov, "period_noise_cov")),
                    "period_noise_cov", E * m)
-    rho = float(np.max(np.abs(np.linalg.eigvals(A)))) if A.size else 0.0
-    if rho >= 1:
-        raise NoStationaryDistribution(f"spectral radius of the update matrix A = {fmt(rho)} ≥ 1")
+    _require_contracting(A)
     n = A.shape[0]
     powers = [np.eye(n)]
     for _ in range(E):
@@ -361,10 +358,19 @@ def heavy_ball_transition(lr: Any, K: Any, momentum: float = 0.0) -> tuple[np.nd
     Returns:
       (A, B) with shapes (2d, 2d) and (2d, d).
     """
+    return _trace_transition(lr, K, momentum, nesterov=False)
+
+
+def _trace_transition(lr: Any, K: Any, momentum: Any, nesterov: bool) -> tuple[np.ndarray, ...]:
+    """(A, B) on z = (w, m) of optax's ``trace(μ, nesterov)`` followed by a step of −Λ."""
     lam, K, mu = _transition_setup(lr, K, momentum)
     eye = np.eye(K.shape[0])
-    A = np.block([[eye - lam @ K, -mu * lam], [K, mu * eye]])
-    B = np.vstack([-lam, eye])
+    if nesterov:  # w_t = w_{t−1} − Λ(g_t + μ m_t)
+        A = np.block([[eye - (1 + mu) * lam @ K, -mu * mu * lam], [K, mu * eye]])
+        B = np.vstack([-(1 + mu) * lam, eye])
+    else:  # w_t = w_{t−1} − Λ m_t
+        A = np.block([[eye - lam @ K, -mu * lam], [K, mu * eye]])
+        B = np.vstack([-lam, eye])
     return A, B
 
 
@@ -379,21 +385,10 @@ def nesterov_transition(lr: Any, K: Any, momentum: float = 0.0) -> tuple[np.ndar
 
     In 1-D with p = λk the chain is stable iff 0 < p < 2(1+μ)/(1+2μ) (for
     0 ≤ μ < 1), a smaller range than heavy ball's 2(1+μ). At μ = 0 it is plain
-    SGD. Use with :func:`stationary_covariance_linear`.
-
-    Args:
-      lr: scalar λ or a (d, d) symmetric matrix Λ.
-      K: symmetric Hessian, (d, d).
-      momentum: μ.
-
-    Returns:
-      (A, B) with shapes (2d, 2d) and (2d, d).
+    SGD. Use with :func:`stationary_covariance_linear`. Arguments and return
+    value as in :func:`heavy_ball_transition`.
     """
-    lam, K, mu = _transition_setup(lr, K, momentum)
-    eye = np.eye(K.shape[0])
-    A = np.block([[eye - (1 + mu) * lam @ K, -mu * mu * lam], [K, mu * eye]])
-    B = np.vstack([-(1 + mu) * lam, eye])
-    return A, B
+    return _trace_transition(lr, K, momentum, nesterov=True)
 
 
 def ema_transition(lr: Any, K: Any, decay: float) -> tuple[np.ndarray, ...]:
@@ -455,12 +450,8 @@ def stationary_covariance_lyapunov(lr: Any, K: Any, C: Any, momentum: float = 0.
       NoStationaryDistribution: the chain is unstable.
       ValueError: malformed input.
     """
-    mu = check_momentum(momentum)
-    K = square_matrix(K, "K")
+    mu, K, C, lam = _heavy_ball_inputs(lr, K, C, momentum)
     d = K.shape[0]
-    C = psd_matrix(C, "C", d)
-    lam, _ = lr_matrix(lr, d)
-    require_stable(lr, K, mu)
     eye = np.eye(d)
     A = np.block([[(1 + mu) * eye - lam @ K, -mu * eye], [eye, np.zeros((d, d))]])
     B = np.vstack([-lam, np.zeros((d, d))])

@@ -1,0 +1,220 @@
+"""Study 5's splitting estimator: flux × adaptive multilevel splitting per cell.
+
+``estimator=splitting`` of the escape experiment (:mod:`sgdlab.experiments.escape`):
+the mean escape time of each Gaussian-noise cell from :func:`sgdlab.splitting.estimate`
+(its own compiled programs, run from ``analyze`` with the run's seed), checked against
+the same exact Nyström oracle as the brute-force estimator, and its figure.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sgdlab import splitting
+from sgdlab._validate import fail
+from sgdlab.experiments import Outcome, quantity
+from sgdlab.experiments import _escape_chain as chain
+from sgdlab.optim import Optimizer
+
+ESTIMATORS = ("brute", "splitting")
+"""Values of the ``estimator`` parameter."""
+
+
+def abs_score(o):
+    import jax.numpy as jnp
+    return jnp.abs(o.params)
+
+
+def w_score(o):
+    return o.params
+
+
+def score_fn(kind: str):
+    """The reaction coordinate: |w| for the sharp well, w for the double well."""
+    return abs_score if kind == "sharp-well" else w_score
+
+
+def levels(cfg) -> tuple[float, float]:
+    """``(basin level z_A, target z_B)`` in score units."""
+    if cfg["potential"] == "sharp-well":
+        lo, top = 0.0, cfg["wall"]
+    else:
+        lo, top = -1.0, cfg["threshold"]
+    return lo + cfg["basin"] * (top - lo), top
+
+
+def start_score(cfg) -> float:
+    x0 = chain.minimum(cfg["potential"]) + cfg["start"]
+    return abs(x0) if cfg["potential"] == "sharp-well" else x0
+
+
+def budget_of(cfg) -> splitting.Budget:
+    return splitting.Budget(
+        replicas=cfg["replicas"], walkers=cfg["walkers"], flux_steps=cfg["flux_steps"],
+        burn_in=cfg["burn_in"], particles=cfg["particles"], kill_fraction=cfg["kill_fraction"],
+        levels=cfg["levels"], substeps=cfg["substeps"], max_trial_steps=cfg["max_trial_steps"])
+
+
+def validate(cfg) -> None:
+    """The checks of ``estimator=splitting`` (beside those of every escape run)."""
+    if cfg["batch_size"] != [1]:
+        fail("batch_size", cfg["batch_size"], "estimator=splitting supports batch_size=1 "
+             "(Gaussian gradient noise) only")
+    zA, _ = levels(cfg)
+    if not start_score(cfg) < zA:
+        fail("basin", cfg["basin"], f"the start's score {start_score(cfg):g} must lie below "
+             f"the basin level {zA:g}: raise basin or move start")
+    if cfg["burn_in"] >= cfg["flux_steps"]:
+        fail("burn_in", cfg["burn_in"], f"expected fewer than flux_steps={cfg['flux_steps']}")
+
+
+def analyze(cfg, datasets: dict, seed: int) -> Outcome:
+    """Flux × adaptive multilevel splitting per cell (:mod:`sgdlab.splitting`).
+
+    ``mfpt`` (equal, 4 SE of the replicas, delta method) against the oracle's
+    uncensored τ; ``inverse_mfpt`` (covers: the replicas' t interval) against 1/τ;
+    ``inverse_mfpt_brute`` (covers) the escapes of the flux walkers (brute force with
+    recycling) against 1/τ where they saw ≥ MIN_EVENTS escapes; ``escape_probability``
+    per attempt (crossing of the basin level) reported; ``arrhenius_slope`` (covers)
+    of ln mfpt against the same fit through the oracle's ln τ.
+
+    The per-replica results are added to ``datasets`` as the dataset ``splitting``
+    (dims cell × replica), so that they are stored in results.zarr with the run.
+    """
+    import xarray as xr
+
+    problem = chain.problem(cfg)
+    budget = budget_of(cfg)
+    zA, zB = levels(cfg)
+    score = score_fn(cfg["potential"])
+    quantities, notes, rows, raw = [], [], [], []
+    notes.append(f"estimator=splitting: score {'|w|' if score is abs_score else 'w'}, basin "
+                 f"level {zA:g}, target {zB:g}; {budget.replicas} replicas × ({budget.walkers} "
+                 f"flux walkers × {budget.flux_steps} steps, {budget.particles} AMS particles, "
+                 f"{budget.levels} levels, {budget.substeps} sub-kick(s) per step)")
+    for cell in chain.cells(cfg):
+        tau = chain.tau_only(cfg, cell)
+        res = splitting.estimate(problem, Optimizer("sgd"),
+                                 {"learning_rate": cell.lr, "noise_std": math.sqrt(cell.s2)},
+                                 score=score, basin=zA, target=zB, budget=budget, seed=seed)
+        m, inv, pr, br = res.mfpt, res.inverse_mfpt, res.probability, res.brute_rate
+        raw.append(res)
+        quantities.append(quantity(
+            "mfpt", cell.coords, m.value, m.se, tau, criterion="equal", oracle="nystrom",
+            note=f"splitting; 95% interval [{m.lo:.4g}, {m.hi:.4g}]; uncensored τ"))
+        quantities.append(quantity(
+            "inverse_mfpt", cell.coords, inv.value, inv.se, 1.0 / tau, ci=(inv.lo, inv.hi),
+            criterion="covers", oracle="nystrom", note="splitting: flux × AMS probability"))
+        quantities.append(quantity("escape_probability", cell.coords, pr.value, pr.se,
+                                   ci=(pr.lo, pr.hi),
+                                   note="per crossing of the basin level (reported only)"))
+        n_esc = int(np.sum(res.escapes))
+        if n_esc >= chain.MIN_EVENTS:
+            quantities.append(quantity(
+                "inverse_mfpt_brute", cell.coords, br.value, br.se, 1.0 / tau,
+                ci=(br.lo, br.hi), criterion="covers", oracle="nystrom",
+                note=f"brute force: {n_esc} escapes of the recycled flux walkers"))
+        rel = m.se / m.value
+        cost = res.member_steps * rel**2
+        rows.append({**cell.coords, "noise_var": cell.s2, "tau": tau, "mfpt": m.value,
+                     "mfpt_se": m.se, "mfpt_lo": m.lo, "mfpt_hi": m.hi,
+                     "inverse_mfpt": inv.value, "inverse_mfpt_se": inv.se,
+                     "probability": pr.value, "probability_se": pr.se,
+                     "brute_rate": br.value, "brute_rate_se": br.se, "brute_escapes": n_esc,
+                     "member_steps": res.member_steps, "seconds": res.seconds,
+                     "cost_per_unit_relvar": cost, "brute_cost_per_unit_relvar": tau,
+                     "iterations_mean": float(np.mean(res.iterations))})
+    cells = chain.cells(cfg)
+    datasets["splitting"] = xr.Dataset(
+        {k: (("cell", "replica"), np.stack([getattr(r, k) for r in raw]))
+         for k in ("rate", "prob", "crossings", "escapes", "iterations")},
+        coords={"learning_rate": ("cell", [c.lr for c in cells]),
+                "barrier_over_temperature": ("cell", [c.x for c in cells])},
+        attrs={"walker_steps": raw[0].walker_steps, "seed": seed})
+    arrhenius = []
+    xs = cfg["barrier_over_temperature"]
+    if not chain.fixed_noise(cfg) and len(xs) >= 3:
+        for lr in cfg["learning_rate"]:
+            row = [r for r in rows if r["learning_rate"] == lr]
+            x = np.array([r["barrier_over_temperature"] for r in row])
+            mm = np.array([r["mfpt"] for r in row])
+            e = np.array([r["mfpt_se"] for r in row])
+            tau = np.array([r["tau"] for r in row])
+            coords = {"learning_rate": lr, "batch_size": 1}
+            slope, se, lo, hi, a = chain.fit_slope(x, mm, e)
+            pred, _, _, _, a_pred = chain.fit_slope(x, tau, tau * e / mm)
+            quantities.append(quantity(
+                "arrhenius_slope", coords, slope, se, pred, ci=(lo, hi), oracle="nystrom",
+                note="independent-errors SE (replicas share keys across barriers)"))
+            arrhenius.append({**coords, "slope": slope, "se": se, "lo": lo, "hi": hi,
+                              "intercept": a, "predicted": pred, "predicted_intercept": a_pred})
+    return Outcome(quantities, notes, {"barrier": chain.barrier(cfg), "cells": rows,
+                                       "arrhenius": arrhenius,
+                                       "curves": curves(cfg)})
+
+
+def curves(cfg) -> dict:
+    """Oracle ln τ on a fine grid of ΔL/T per learning rate (for the escape figure)."""
+    out = {"mfpt_vs_x": []}
+    if chain.fixed_noise(cfg):
+        return out
+    xs = np.asarray(cfg["barrier_over_temperature"])
+    dL = chain.barrier(cfg)
+    xg = np.linspace(min(xs.min(), 3.0), max(xs.max(), 3.0), 12)
+    for lr in cfg["learning_rate"]:
+        taus = [chain.tau_only(cfg, chain.Cell(1, -1, -1, lr, float(x), 2 * dL / (lr * x)))
+                for x in xg]
+        out["mfpt_vs_x"].append({"learning_rate": lr, "barrier_over_temperature": xg.tolist(),
+                                 "tau": taus})
+    return out
+
+
+def figures(summary):
+    from matplotlib.figure import Figure
+
+    cfg = summary["config"]
+    rows = summary["cells"]
+    fig = Figure(figsize=(12.5, 5.0), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    for i, lr in enumerate(cfg["learning_rate"]):
+        c = f"C{i}"
+        pts = [r for r in rows if r["learning_rate"] == lr]
+        x = np.array([r["barrier_over_temperature"] for r in pts])
+        m = np.array([r["mfpt"] for r in pts])
+        lo = np.array([r["mfpt_lo"] for r in pts])
+        hi = np.array([r["mfpt_hi"] for r in pts])
+        ax1.errorbar(x, np.log(m), yerr=[np.log(m) - np.log(lo), np.log(hi) - np.log(m)],
+                     fmt="o", color=c, capsize=3, ms=5, label=f"splitting, λ = {lr:g} (95%)")
+        b = [r for r in pts if r["brute_escapes"] >= chain.MIN_EVENTS]
+        if b:
+            xb = np.array([r["barrier_over_temperature"] for r in b])
+            rb = np.array([r["brute_rate"] for r in b])
+            eb = np.array([r["brute_rate_se"] for r in b])
+            ax1.errorbar(xb + 0.15, -np.log(rb), yerr=2 * eb / rb, fmt="s", mfc="none",
+                         color=c, capsize=2, ms=5)
+        cur = next((cv for cv in summary["curves"]["mfpt_vs_x"] if cv["learning_rate"] == lr),
+                   None)
+        if cur is not None:
+            ax1.plot(cur["barrier_over_temperature"], np.log(cur["tau"]), "-", color=c,
+                     alpha=0.6, lw=2)
+        ax2.errorbar(x, m / np.array([r["tau"] for r in pts]) - 1,
+                     yerr=2 * np.array([r["mfpt_se"] for r in pts]) / np.array(
+                         [r["tau"] for r in pts]), fmt="o", color=c, capsize=3, ms=5,
+                     label=f"λ = {lr:g}")
+    ax1.plot([], [], "k-", alpha=0.6, lw=2, label="Nyström oracle ln τ")
+    ax1.plot([], [], "ks", mfc="none", label="brute force (flux walkers, ±2 SE)")
+    ax1.set_xlabel("ΔL/T  (T = λσ²/2)")
+    ax1.set_ylabel("ln(mean escape time / steps)")
+    where = (f"sharp well, a = {cfg['curvature']:g}" if cfg["potential"] == "sharp-well"
+             else "double well")
+    ax1.set_title(f"{where}: splitting vs the exact oracle")
+    ax1.legend(fontsize=7)
+    ax2.axhline(0, color="k", lw=1)
+    ax2.set_xlabel("ΔL/T")
+    ax2.set_ylabel("τ̂ / τ − 1  (±2 SE)")
+    ax2.set_title("relative error of the splitting estimate")
+    ax2.legend(fontsize=7)
+    fig.suptitle("Escape of SGD by flux × adaptive multilevel splitting")
+    return {"escape": fig}
