@@ -11,6 +11,7 @@ from sgdlab.theory._checks import (
     finite_array,
     fmt,
     lr_matrix,
+    momentum_violation,
     square_matrix,
 )
 
@@ -86,9 +87,10 @@ def stability(lr: Any, curvature_eigs: Any, momentum: float = 0.0) -> Stability:
         scale = max(float(np.max(np.abs(p))), 1e-300) if p.size else 1.0
         if np.all(np.abs(p.imag) <= 1e-12 * scale):
             p = p.real
-    if abs(mu) >= 1:
+    violation = momentum_violation(mu)
+    if violation:
         rho = _companion_radius(p, mu) if p.size else abs(mu)
-        return Stability(False, f"|μ| = {fmt(abs(mu))} ≥ 1", rho)
+        return Stability(False, violation, rho)
     rho = _companion_radius(p, mu)
     if np.iscomplexobj(p):
         if rho >= 1:
