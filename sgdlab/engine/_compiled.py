@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
 import jax
@@ -299,7 +300,15 @@ class _Program:
         return carry
 
 
-_PROGRAMS: dict[tuple, _Program] = {}
+_PROGRAMS: collections.OrderedDict[tuple, _Program] = collections.OrderedDict()
+MAX_PROGRAMS = 32
+"""Compiled programs kept for reuse, least recently used dropped first.
+
+Each compiled XLA program holds memory mappings (about six on CPU) until it is
+dropped; a long session that ran thousands of distinct studies would otherwise run
+into the kernel's per-process map limit (``vm.max_map_count``, 65530 by default)
+and crash inside the compiler.
+"""
 
 
 def _arrays(study: Study):
@@ -334,6 +343,9 @@ def _program(study: Study, chunk_seeds: int, segment_steps: int, devices: int = 
         if devices > 1:
             from sgdlab.engine._layout import _shard  # the layout module imports this one
             _shard(prog, devices)
+        while len(_PROGRAMS) > MAX_PROGRAMS:
+            _PROGRAMS.popitem(last=False)
     else:
+        _PROGRAMS.move_to_end(key)
         prog.study = study  # same static structure; hyperparameter values are arguments
     return prog
