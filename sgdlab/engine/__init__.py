@@ -53,6 +53,7 @@ from sgdlab.engine._compiled import (
     _Program,
     _program,
     _static_key,
+    program_key,
     trace_count,
 )
 from sgdlab.engine._layout import (
@@ -117,4 +118,4 @@ __all__ = ["Study", "Observe", "Stationary", "FirstPassage", "Plan", "StaticPlan
            "Carry", "run", "plan", "trace_count", "compile_cache", "shared_key", "Checkpoint",
            "Interrupted", "request_stop", "clear_stop", "Progress", "config_diff", "config_json",
            "device_description", "versions", "default_memory_budget", "ObservableSpec",
-           "UserFunctionError", "Recorder", "STREAM_VERSION", "noise_block"]
+           "UserFunctionError", "Recorder", "STREAM_VERSION", "noise_block", "program_key"]

@@ -327,6 +327,16 @@ def _static_key(study: Study, chunk_seeds: int, segment_steps: int, devices: int
             segment_steps, devices, str(jnp.zeros(()).dtype))
 
 
+def program_key(study: Study, chunk_seeds: int, segment_steps: int, devices: int = 1) -> tuple:
+    """The key under which the engine caches the compiled program of a study's layout.
+
+    Two studies (or two layouts) with equal keys run one compiled program: their
+    hyperparameter values are arguments, everything in the key is static. A dry run
+    counts the distinct keys of its plans to report how many programs it compiles.
+    """
+    return _static_key(study, chunk_seeds, segment_steps, devices)
+
+
 def _hashable(x):
     try:
         hash(x)

@@ -193,13 +193,13 @@ def _program_keys(study, p) -> list[tuple]:
 
     Two studies with equal keys run one program: the engine caches programs by this key.
     """
-    from sgdlab.engine import StaticPlan, _compiled
+    from sgdlab.engine import StaticPlan, program_key
 
     if isinstance(p, StaticPlan):
         subs = study.static_studies()
-        return [_compiled._static_key(subs[c], q.chunk_seeds, q.segment_steps, q.devices)
+        return [program_key(subs[c], q.chunk_seeds, q.segment_steps, q.devices)
                 for c, q in p.plans.items()]
-    return [_compiled._static_key(study, p.chunk_seeds, p.segment_steps, p.devices)]
+    return [program_key(study, p.chunk_seeds, p.segment_steps, p.devices)]
 
 
 def _prepare_out(path: Path, identity: dict, force: bool, log):
