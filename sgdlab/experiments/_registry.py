@@ -32,7 +32,8 @@ class Experiment:
     params: tuple[Param, ...]
     presets: Mapping[str, Mapping[str, Any]]
     studies: Callable[[dict, int], dict[str, Any]]      # (config, seed) -> {name: Study}
-    analyze: Callable[[dict, dict[str, Any]], Outcome]  # (config, {name: Dataset}) -> Outcome
+    # (config, {name: Dataset}) -> Outcome; may also accept seed= (the run's base seed)
+    analyze: Callable[..., Outcome]
     figures: Callable[[dict, dict], dict]
     validate: Callable[[dict], None] | None = None
 
