@@ -483,12 +483,42 @@ def _program(spec: _Spec):
         TRACE_COUNT += 1
         return jax.vmap(lambda r: replica(r, hp, zA, zB, base_key, data))(rids)
 
-    return jax.jit(chunk)
+    return chunk
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_program(spec: _Spec):
-    return _program(spec)
+def _cached_program(spec: _Spec, devices: int = 1):
+    """The compiled chunk program; with ``devices > 1`` the replicas of a chunk are split
+    over that many local devices, each running its own whole populations (shard_map, no
+    collectives), so the bits are those of one device."""
+    chunk = _program(spec)
+    if devices == 1:
+        return jax.jit(chunk)
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((devices,), ("replicas",), devices=jax.local_devices()[:devices])
+    reps, rep = P("replicas"), P()
+    sharded = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=(reps, rep, rep, rep, rep, rep),
+                                    out_specs=reps, check_vma=False))
+
+    def run(rids, *rest):
+        return sharded(jax.device_put(rids, NamedSharding(mesh, reps)), *rest)
+
+    return run
+
+
+def _identity(problem, optimizer, hp, zA, zB, score, event_fn, b, seed, R, chunk) -> str:
+    """What a checkpoint's chunks depend on: reused only when all of it is equal."""
+    import hashlib
+
+    def name(f):
+        return getattr(f, "__qualname__", repr(f))
+
+    text = repr((problem.name, getattr(problem, "config", None), optimizer,
+                 sorted((k, float(v)) for k, v in hp.items()), zA, zB, name(score),
+                 name(event_fn), b, seed, R, chunk, str(jnp.zeros(()).dtype)))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _hp_arrays(optimizer: Optimizer, hp: Mapping[str, Any]) -> dict:
@@ -513,7 +543,8 @@ def estimate(problem: Problem, optimizer: Optimizer, hp: Mapping[str, Any], *,
              score: Callable[[Observation], Any], basin: float, target: float,
              event: str | Callable[[Observation], Any] = "escaped", budget: Budget | None = None,
              seed: int = 0, chunk: int | None = None,
-             checkpoint: str | os.PathLike | None = None) -> SplittingResult:
+             checkpoint: str | os.PathLike | None = None,
+             devices: int | None = None) -> SplittingResult:
     """Mean escape time τ of one SGD chain by flux × adaptive multilevel splitting.
 
     See the module docstring for the method. ``escape`` (the event) must imply
@@ -530,7 +561,11 @@ def estimate(problem: Problem, optimizer: Optimizer, hp: Mapping[str, Any], *,
       budget: :class:`Budget`.
       seed: base seed; replica r uses ``fold_in(key(seed), r)`` only.
       chunk: replicas per compiled call (default: all); results do not depend on it.
-      checkpoint: an ``.npz`` path; finished chunks are saved there and reused.
+      checkpoint: an ``.npz`` path; finished chunks are saved there (atomically) and
+        reused by a rerun with the same problem, settings, seed and chunk; a run killed
+        at any point resumes to the same bits.
+      devices: local devices to split each chunk's replicas over (default: all); the
+        results do not depend on it.
 
     Returns:
       :class:`SplittingResult`.
@@ -562,8 +597,14 @@ def estimate(problem: Problem, optimizer: Optimizer, hp: Mapping[str, Any], *,
     R = b.replicas
     chunk = R if chunk is None else positive_int("chunk", chunk)
     chunk = min(chunk, R)
+    n_dev = len(jax.local_devices())
+    devices = n_dev if devices is None else positive_int("devices", devices)
+    if devices > n_dev:
+        fail("devices", devices, f"this process sees {n_dev} device(s)")
+    devices = min(devices, chunk)
+    chunk = -(-chunk // devices) * devices  # whole replicas per device (padding dropped)
     spec = _Spec(problem, optimizer, score, event_fn, b, tuple(sorted(hpa)))
-    prog = _cached_program(spec)
+    prog = _cached_program(spec, devices)
     zBj = jnp.asarray(zB, dtype=jnp.result_type(float))
     zAj = jnp.asarray(zA, dtype=jnp.result_type(float))
     base_key = jax.random.PRNGKey(seed)
@@ -571,11 +612,11 @@ def estimate(problem: Problem, optimizer: Optimizer, hp: Mapping[str, Any], *,
     t0 = time.perf_counter()
     n_chunks = math.ceil(R / chunk)
     done: dict[int, dict] = {}
-    ident = np.asarray([seed, R, chunk, b.walkers, b.flux_steps, b.particles, b.levels,
-                        b.substeps], dtype=np.int64)
+    ident = np.asarray(_identity(problem, optimizer, hp, zA, zB, score, event_fn, b, seed, R,
+                                 chunk))
     if checkpoint is not None and os.path.exists(checkpoint):
         with np.load(checkpoint) as z:
-            if np.array_equal(z["ident"], ident):
+            if "ident" in z.files and str(z["ident"]) == str(ident):
                 for c in range(n_chunks):
                     if f"c{c}_prob" in z:
                         done[c] = {k[len(f"c{c}_"):]: z[k] for k in z.files

@@ -215,3 +215,65 @@ def test_two_dimensional_saddle_agrees_with_brute_force():
     r = SP.estimate(problem, SGD, hp, score=first, basin=-0.75, target=0.0, budget=b)
     assert abs(r.mfpt.value - brute) < 4 * math.hypot(r.mfpt.se, brute_se)
     assert r.mfpt.se < 0.25 * brute
+
+
+_SUBPROCESS = """
+import sys, json, numpy as np, jax
+sys.path.insert(0, "tests")
+from test_splitting import SGD, TINY, _hp, abs_w
+from sgdlab import splitting as SP
+from sgdlab.problems import potential_1d
+import dataclasses
+budget = dataclasses.replace(TINY, replicas=int(sys.argv[1]))
+kw = dict(score=abs_w, basin=0.25, target=1.0, budget=budget, seed=11)
+ckpt = sys.argv[2] if sys.argv[2] != "-" else None
+r = SP.estimate(potential_1d("sharp-well"), SGD, _hp(0.7, 0.5, 3.0), chunk=int(sys.argv[3]),
+                checkpoint=ckpt, devices=int(sys.argv[4]), **kw)
+print(json.dumps(r.rate.tolist()))
+"""
+
+
+def _split_run(tmp_path, replicas, ckpt, chunk, devices, env_devices=1, wait=True):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(env_devices), PYTHONUNBUFFERED="1")
+    args = [sys.executable, "-c", _SUBPROCESS, str(replicas), str(ckpt or "-"), str(chunk),
+            str(devices)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not wait:
+        return subprocess.Popen(args, env=env, cwd=root, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(args, env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_bitwise_equal_across_device_counts_and_after_sigkill(tmp_path):
+    """Replicas split over 4 devices give the bits of 1 device; a run killed with SIGKILL
+    after some chunks resumes from its checkpoint to the same bits."""
+    import signal
+    import time
+
+    one = _split_run(tmp_path, 8, None, 8, 1, env_devices=4)
+    four = _split_run(tmp_path, 8, None, 8, 4, env_devices=4)
+    assert one == four and len(set(one)) > 1
+    # SIGKILL once the first of 8 chunks is on disk, then rerun the same call
+    ckpt = tmp_path / "split.npz"
+    p = _split_run(tmp_path, 8, ckpt, 1, 1, wait=False)
+    try:
+        deadline = time.time() + 300
+        while not ckpt.exists() and p.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        p.send_signal(signal.SIGKILL)
+        p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    with np.load(ckpt) as z:
+        kept = sum(k.endswith("_prob") for k in z.files)
+    assert 1 <= kept < 8, kept  # killed mid-run, the checkpoint whole
+    resumed = _split_run(tmp_path, 8, ckpt, 1, 1)
+    assert resumed == _split_run(tmp_path, 8, None, 1, 1) == one
