@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="checkpoint interval in seconds")
     r.add_argument("--checkpoint-steps", type=int, metavar="STEPS", default=None,
                    help="also checkpoint every STEPS steps (default: by time only)")
+    r.add_argument("--distributed", action="store_true",
+                   help="join a multi-process job: call jax.distributed.initialize() (also "
+                   "implied by JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID "
+                   "all set; SLURM's variables alone do not); every process runs the same "
+                   "command and --out, which must be on a filesystem all of them see")
     r.add_argument("--params", action="store_true",
                    help="list the parameters with the values the chosen --preset, --config "
                    "and --set give them, next to the defaults, and exit")
@@ -122,6 +127,8 @@ def argv_for_resume(args, out: str) -> list[str]:
         cmd += ["--config", args.config]
     if args.x64:
         cmd.append("--x64")
+    if getattr(args, "distributed_run", False):
+        cmd.append("--distributed")
     return cmd
 
 
@@ -150,6 +157,12 @@ def _dispatch(args) -> int:
         raise ValueError(f"--seed={args.seed} is invalid: expected a non-negative integer")
     if args.memory is not None and not args.memory > 0:
         raise ValueError(f"--memory={args.memory} is invalid: expected a positive number of GiB")
+    args.distributed_run = False
+    if not args.params and not args.dry_run:
+        from sgdlab.engine import _distributed
+        if _distributed.requested(args.distributed):
+            _distributed.initialize()
+            args.distributed_run = True
     if args.x64:
         import jax
         jax.config.update("jax_enable_x64", True)
@@ -176,9 +189,15 @@ def _dispatch(args) -> int:
             log=lambda m: print(m, file=sys.stderr))
     except Interrupted as e:
         resume = " ".join(shlex.quote(a) for a in ["sgdlab", *argv_for_resume(args, out)])
+        if args.distributed_run:
+            resume += "\n(on every process, as before; the number of processes may change)"
         print(f"sgdlab: interrupted ({e}); checkpoint written to {out}/.sgdlab-state\n"
               f"resume with: {resume}", file=sys.stderr)
         return 130
+    if args.distributed_run:
+        import jax
+        if jax.process_index() != 0:  # process 0 reports
+            return experiments.exit_status(summary)
     print(experiments.summary_table(summary))
     print(f"wrote {out}/results.zarr, {out}/summary.json, {out}/figures/ "
           f"({len(figures)} figure(s)) in {summary['runtime_s']:.1f} s")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from typing import Any
@@ -13,8 +15,9 @@ import numpy as np
 from sgdlab._progress import Progress
 from sgdlab._validate import fail
 from sgdlab.engine._cache import auto_enable
-from sgdlab.engine._checkpoint import Checkpoint
+from sgdlab.engine._checkpoint import Checkpoint, ChunkStore
 from sgdlab.engine._compiled import _arrays, _Program, _program
+from sgdlab.engine._distributed import Coordination
 from sgdlab.engine._layout import Plan, plan
 from sgdlab.engine._state import STREAM_VERSION, Carry
 from sgdlab.engine._study import Study
@@ -60,11 +63,15 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
       checkpoint: a path (or :class:`Checkpoint`) to write checkpoints to at segment
         boundaries; if it holds a checkpoint of the same configuration the run
         resumes from it (bitwise identically), of another configuration it is
-        refused naming the differing keys.
+        refused naming the differing keys. Under ``jax.distributed`` the checkpoints
+        are chunk-level (one file per chunk next to it): the path must be on a filesystem
+        every process sees, and a rerun with any number of processes (one included)
+        resumes bitwise.
 
     Raises:
       Interrupted: :func:`request_stop` was called (e.g. by a signal handler); a
-        checkpoint was written first when one was given.
+        checkpoint was written first when one was given. Under ``jax.distributed``
+        with a checkpoint, a request on any process stops every process.
 
     See :mod:`sgdlab.results` for the layout of the returned Dataset.
     """
@@ -77,6 +84,9 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
                            label=label)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint | None) else Checkpoint(checkpoint)
     config = study.describe()
+    if ckpt is not None and (jax.process_count() > 1 or _chunked_checkpoint(ckpt)):
+        return _run_chunked(study, ckpt, config, progress=progress, chunk_size=chunk_size,
+                            memory_budget=memory_budget, devices=devices, label=label)
     state = ckpt.read() if ckpt is not None else None
     if state is not None:
         meta = state[0]
@@ -127,9 +137,6 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
 
     nproc = jax.process_count()
     if nproc > 1:
-        if ckpt is not None:
-            fail("checkpoint", ckpt.path, "checkpointing a multi-process run is not supported; "
-                 "run without a checkpoint (or one process per study)")
         chunks = _run_multiprocess(prog, p, hp, base_seed, bar, study.seeds, arrays)
     for c in range(start_chunk, p.chunks if nproc == 1 else 0):
         idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
@@ -163,7 +170,213 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
             save(c + 1, 0, None)
     bar.close()
     out = _merge_chunks(prog, chunks)
-    return results.to_dataset(study, prog, out, p, runtime_s=time.perf_counter() - t_start)
+    ds = results.to_dataset(study, prog, out, p, runtime_s=time.perf_counter() - t_start)
+    ds.attrs["processes"] = nproc
+    return ds
+
+
+CHUNKED_LAYOUT = 1
+"""Version of the chunk-level checkpoints of multi-process runs (:class:`ChunkStore`)."""
+
+
+def _chunked_checkpoint(ckpt: Checkpoint) -> bool:
+    """Whether ``ckpt`` holds the manifest of a multi-process (chunk-level) checkpoint."""
+    try:
+        meta = ChunkStore(ckpt.path).read_manifest()
+    except Exception:  # unreadable: the single-process path reports it
+        return False
+    return meta is not None and "chunked" in meta
+
+
+def _start(study: Study, ckpt: Checkpoint, store: ChunkStore, co: Coordination, config: dict,
+           chunk_size, memory_budget, devices) -> tuple[Plan, dict]:
+    """Process 0 checks the checkpoint, lays the run out and writes the manifest; every
+    process then checks that it sees the state directory. Returns the plan and what
+    process 0 found (finished chunks, checkpointed carries)."""
+    if co.pid == 0:
+        info: dict = {"error": None}
+        try:
+            meta = store.read_manifest() if os.path.exists(ckpt.path) else None
+            if meta is not None and "chunked" not in meta:
+                fail("checkpoint", ckpt.path, "it is the checkpoint of a single-process run; "
+                     "resume it with one process (without --distributed), or use --force")
+            if meta is not None:
+                stream = meta.get("stream", 1)
+                if stream != STREAM_VERSION:
+                    fail("checkpoint", ckpt.path, f"it was written with random-stream version "
+                         f"{stream}; this sgdlab draws version {STREAM_VERSION}; use another "
+                         "output or --force")
+                if meta["chunked"] != CHUNKED_LAYOUT:
+                    fail("checkpoint", ckpt.path, "it was written by another sgdlab (chunk "
+                         f"layout {meta['chunked']}); use another output or --force")
+                diff = config_diff(meta["config"], config)
+                if diff:
+                    fail("checkpoint", ckpt.path, "it belongs to a different configuration ("
+                         + "; ".join(diff) + "); use another output or --force")
+                chunk_size, devices = meta["chunk_seeds"], meta["devices"]
+            store.prepare(fresh=meta is None)
+            info["token"] = store.write_token()
+            p = plan(study, chunk_size, memory_budget, _devices(study, chunk_size, devices))
+            if meta is not None and (p.chunk_seeds, p.segment_steps) != (
+                    meta["chunk_seeds"], meta["segment_steps"]):
+                fail("checkpoint", ckpt.path, "its layout differs from this run's; use --force")
+            done, carries = store.scan()
+            info.update(chunk_seeds=p.chunk_seeds, devices=p.devices, done=done,
+                        carries={str(c): s for c, s in carries.items()})
+            store.write_manifest(_manifest(config, p, done, co.nproc))
+        except ValueError as e:
+            info["error"] = str(e)
+        co.set("start", json.dumps(info))
+        if info["error"]:
+            raise ValueError(info["error"])
+    else:
+        info = json.loads(co.get("start"))
+        if info["error"]:
+            raise ValueError(info["error"])
+        seen = store.read_token() == info["token"]
+        co.set(f"fs/{co.pid}", "ok" if seen else "missing")
+        if not seen:
+            fail("checkpoint", store.dir, f"process {co.pid} does not see the token process 0 "
+                 "wrote there: the output directory must be on a filesystem every process "
+                 "sees (a shared --out)")
+        p = plan(study, info["chunk_seeds"], memory_budget,
+                 _devices(study, info["chunk_seeds"], info["devices"]))
+        if p.chunk_seeds != info["chunk_seeds"]:
+            fail("devices", p.devices, f"process {co.pid} cannot lay out chunks of "
+                 f"{info['chunk_seeds']} seeds as process 0 does")
+    if co.pid == 0:
+        co.wait_count("fs", co.nproc - 1)
+        blind = [q for q in range(1, co.nproc) if co.try_get(f"fs/{q}") != "ok"]
+        if blind:
+            fail("checkpoint", store.dir, f"process(es) {blind} do not see the token process 0 "
+                 "wrote there: the output directory must be on a filesystem every process sees "
+                 "(a shared --out)")
+    return p, info
+
+
+def _devices(study: Study, chunk_seeds: int | None, devices: int | None) -> int | None:
+    """Local devices to use for chunks of ``chunk_seeds`` (whole blocks on each device)."""
+    if chunk_seeds is None or devices is None:
+        return devices
+    devices = min(devices, len(jax.local_devices()))
+    return devices if chunk_seeds % (study.block * devices) == 0 else 1
+
+
+def _manifest(config: dict, p: Plan, done: list[int], nproc: int) -> dict:
+    from sgdlab import results
+    return {"config": config, "chunk_seeds": p.chunk_seeds, "devices": p.devices,
+            "segment_steps": p.segment_steps, "chunks": p.chunks, "done": list(done),
+            "processes": nproc, "format": results.FORMAT, "stream": STREAM_VERSION,
+            "chunked": CHUNKED_LAYOUT}
+
+
+def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool, chunk_size,
+                 memory_budget, devices, label: str):
+    """A checkpointed run over ``jax.process_count()`` processes (one works too).
+
+    Unfinished chunks go round-robin to the processes; each process writes its
+    finished chunks and, when due, the carry of its current chunk to the
+    :class:`ChunkStore`. A stop request (a signal on any process) travels through
+    the key-value store; every process then checkpoints at its next segment
+    boundary, and process 0 returns last, after the manifest. At the end every
+    process reads every chunk from the shared directory: bitwise the results of
+    one process, whatever the number of processes before or after a resume.
+    """
+    from sgdlab import results
+
+    co = Coordination()
+    store = ChunkStore(ckpt.path)
+    p, info = _start(study, ckpt, store, co, config, chunk_size, memory_budget, devices)
+    prog = _program(study, p.chunk_seeds, p.segment_steps, p.devices)
+    hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
+    arrays = _arrays(study)
+    base_seed = jnp.uint32(study.seed)
+    chash = hashlib.sha256(config_json(study).encode()).hexdigest()[:16]
+    part_meta = {"config": chash, "stream": STREAM_VERSION}
+    done = set(info.get("done", ()))
+    carries = {int(c): s for c, s in info.get("carries", {}).items()}
+    todo = [c for c in range(p.chunks) if c not in done]
+    mine = todo[co.pid::co.nproc]
+    bar = Progress(sum(p.segments - carries.get(c, 0) for c in mine), enabled=progress,
+                   label=label, work_per_tick=p.chunk_seeds * study.n_grid * p.segment_steps)
+    t_start = time.perf_counter()
+    template = None
+
+    def stop_seen() -> bool:
+        if _STOP["requested"]:
+            co.set("stop")
+            return True
+        return co.try_get("stop") is not None
+
+    def stop(where: str):
+        """Agree on stopping (the run may have completed meanwhile: then False)."""
+        co.set("outcome", "stop")
+        if co.get("outcome") != "stop":
+            return False
+        co.set(f"stopped/{co.pid}")
+        bar.close()
+        if co.pid == 0:  # process 0 returns last, after every checkpoint is on disk
+            co.wait_count("stopped", co.nproc)
+            store.write_manifest(_manifest(config, p, store.scan()[0], co.nproc))
+        raise Interrupted(f"stopped {where} (process {co.pid + 1}/{co.nproc})")
+
+    for c in mine:
+        idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
+        valid = idx < study.seeds
+        seed_index, valid_j = jnp.asarray(idx, jnp.int32), jnp.asarray(valid)
+        first = carries.get(c, 0)
+        if first:
+            if template is None:
+                template = jax.eval_shape(prog.init, hp, seed_index, valid_j, base_seed, arrays)
+            meta, leaves = store.read_carry(c)
+            if meta.get("config") != chash or meta["segment"] != first:
+                fail("checkpoint", store.dir, f"carry{c}.npz belongs to another run; use --force")
+            carry = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
+                                                 [jnp.asarray(x) for x in leaves])
+        else:
+            carry = prog.init(hp, seed_index, valid_j, base_seed, arrays)
+        for seg in range(first, p.segments):
+            carry = prog.segment(carry, jnp.int32(seg * p.segment_steps), hp, seed_index,
+                                 valid_j, base_seed, arrays)
+            jax.block_until_ready(carry.members.diverged_step)
+            bar.tick(1, f"chunk {c + 1}/{p.chunks}, process {co.pid + 1}/{co.nproc}")
+            if seg + 1 == p.segments:
+                store.write_chunk(c, _collect(prog, carry, valid), part_meta)
+                if stop_seen():
+                    stop(f"after chunk {c + 1}/{p.chunks}")
+            elif stop_seen():
+                store.write_carry(c, seg + 1, carry, part_meta)
+                stop(f"after segment {seg + 1}/{p.segments} of chunk {c + 1}/{p.chunks}")
+            elif ckpt.due(step := c * study.steps + (seg + 1) * p.segment_steps):
+                store.write_carry(c, seg + 1, carry, part_meta)
+                ckpt.last_time, ckpt.last_step = time.perf_counter(), step
+                ckpt.writes += 1
+                if co.pid == 0:
+                    store.write_manifest(_manifest(config, p, store.scan()[0], co.nproc))
+    co.set(f"finished/{co.pid}")
+    while True:  # wait for the others' chunks, or a stop request
+        outcome = co.try_get("outcome")
+        if outcome == "stop" or (outcome is None and stop_seen()):
+            stop("with its chunks finished")
+        if outcome == "complete" or co.count("finished") == co.nproc:
+            co.set("outcome", "complete")
+            if co.get("outcome") == "complete":
+                break
+        time.sleep(0.05)
+    bar.close()
+    if co.pid == 0:
+        store.write_manifest(_manifest(config, p, list(range(p.chunks)), co.nproc))
+    chunks = []
+    for c in range(p.chunks):
+        meta, part = store.read_chunk(c)
+        if meta.get("config") != chash:
+            fail("checkpoint", store.dir, f"chunk{c}.npz belongs to another run; use --force")
+        chunks.append(part)
+    co.barrier("read")  # nobody removes the state before every process has read it
+    out = _merge_chunks(prog, chunks)
+    ds = results.to_dataset(study, prog, out, p, runtime_s=time.perf_counter() - t_start)
+    ds.attrs["processes"] = co.nproc
+    return ds
 
 
 def _run_static(study: Study, checkpoint=None, label: str = "sgdlab", **kw):
