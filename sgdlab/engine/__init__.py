@@ -56,6 +56,7 @@ from sgdlab.engine._compiled import (
     program_key,
     trace_count,
 )
+from sgdlab.engine._distributed import barrier, is_writer
 from sgdlab.engine._layout import (
     Plan,
     StaticPlan,
@@ -118,4 +119,5 @@ __all__ = ["Study", "Observe", "Stationary", "FirstPassage", "Plan", "StaticPlan
            "Carry", "run", "plan", "trace_count", "compile_cache", "shared_key", "Checkpoint",
            "Interrupted", "request_stop", "clear_stop", "Progress", "config_diff", "config_json",
            "device_description", "versions", "default_memory_budget", "ObservableSpec",
-           "UserFunctionError", "Recorder", "STREAM_VERSION", "noise_block", "program_key"]
+           "UserFunctionError", "Recorder", "STREAM_VERSION", "noise_block", "program_key",
+           "barrier", "is_writer"]

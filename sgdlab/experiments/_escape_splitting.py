@@ -9,6 +9,7 @@ the same exact Nyström oracle as the brute-force estimator, and its figure.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def validate(cfg) -> None:
         fail("burn_in", cfg["burn_in"], f"expected fewer than flux_steps={cfg['flux_steps']}")
 
 
-def analyze(cfg, datasets: dict, seed: int) -> Outcome:
+def analyze(cfg, datasets: dict, seed: int, checkpoint_dir=None) -> Outcome:
     """Flux × adaptive multilevel splitting per cell (:mod:`sgdlab.splitting`).
 
     ``mfpt`` (equal, 4 SE of the replicas, delta method) against the oracle's
@@ -82,6 +83,9 @@ def analyze(cfg, datasets: dict, seed: int) -> Outcome:
 
     The per-replica results are added to ``datasets`` as the dataset ``splitting``
     (dims cell × replica), so that they are stored in results.zarr with the run.
+    With ``checkpoint_dir`` (``sgdlab run`` passes the run's state directory) every
+    cell checkpoints its finished chunks of replicas (a quarter of them each), so a
+    killed run resumes to the same bits.
     """
     import xarray as xr
 
@@ -94,11 +98,14 @@ def analyze(cfg, datasets: dict, seed: int) -> Outcome:
                  f"level {zA:g}, target {zB:g}; {budget.replicas} replicas × ({budget.walkers} "
                  f"flux walkers × {budget.flux_steps} steps, {budget.particles} AMS particles, "
                  f"{budget.levels} levels, {budget.substeps} sub-kick(s) per step)")
-    for cell in chain.cells(cfg):
+    chunk = -(-budget.replicas // 4) if checkpoint_dir is not None else None
+    for i, cell in enumerate(chain.cells(cfg)):
         tau = chain.tau_only(cfg, cell)
+        ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / f"splitting_{i}.npz"
         res = splitting.estimate(problem, Optimizer("sgd"),
                                  {"learning_rate": cell.lr, "noise_std": math.sqrt(cell.s2)},
-                                 score=score, basin=zA, target=zB, budget=budget, seed=seed)
+                                 score=score, basin=zA, target=zB, budget=budget, seed=seed,
+                                 chunk=chunk, checkpoint=ckpt)
         m, inv, pr, br = res.mfpt, res.inverse_mfpt, res.probability, res.brute_rate
         raw.append(res)
         quantities.append(quantity(

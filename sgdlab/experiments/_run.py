@@ -52,7 +52,8 @@ class Context:
             if not diff:
                 self.log(f"[sgdlab] {name}: reusing the finished study from the interrupted run")
                 return ds
-            shutil.rmtree(done)
+            if engine.is_writer():
+                shutil.rmtree(done)
         ckpt = engine.Checkpoint(self.checkpoint_dir / f"{name}.ckpt.npz",
                                  every_seconds=self.checkpoint_seconds,
                                  every_steps=self.checkpoint_steps)
@@ -60,9 +61,11 @@ class Context:
             self.log(f"[sgdlab] {name}: resuming from its checkpoint")
         ds = engine.run(study, progress=self.progress, devices=self.devices,
                         memory_budget=self.memory_budget, checkpoint=ckpt, label=label)
-        results.save(ds, done, overwrite=True)
-        if os.path.exists(ckpt.path):
-            os.unlink(ckpt.path)
+        if engine.is_writer():  # under jax.distributed, process 0 keeps the finished study
+            results.save(ds, done, overwrite=True)
+            if os.path.exists(ckpt.path):
+                os.unlink(ckpt.path)
+        engine.barrier(f"study-{name}")
         return ds
 
 
@@ -103,7 +106,13 @@ def run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = 
                   memory_budget=memory_budget, checkpoint_seconds=checkpoint_seconds,
                   checkpoint_steps=checkpoint_steps, log=log)
     if out_path is not None:
-        finished = _prepare_out(out_path, identity, force, log)
+        # under jax.distributed every process runs this; only process 0 writes
+        if engine.is_writer():
+            finished = _prepare_out(out_path, identity, force, log)
+        engine.barrier("prepare")
+        if not engine.is_writer():
+            finished = None if force else _prepare_out(out_path, identity, False,
+                                                       lambda *_: None)
         if finished is not None:
             return finished
         ctx.checkpoint_dir = out_path / STATE
@@ -123,7 +132,7 @@ def run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = 
             if len(studies) > 1:
                 log(f"[sgdlab] study {labels[sname]}")
             datasets[sname] = ctx.run_study(study, sname, labels[sname])
-        outcome = _analyze(exp, cfg, datasets, seed)
+        outcome = _analyze(exp, cfg, datasets, seed, ctx.checkpoint_dir)
     finally:
         for sig, h in handlers.items():
             signal.signal(sig, h)
@@ -138,18 +147,28 @@ def run(name: str, preset: str = "quick", overrides: Mapping[str, Any] | None = 
     }
     figures = exp.figures(datasets, summary)
     if out_path is not None:
-        write_outputs(out_path, datasets, summary, figures, force=force)
-        shutil.rmtree(out_path / STATE, ignore_errors=True)
+        if engine.is_writer():
+            write_outputs(out_path, datasets, summary, figures, force=force)
+            shutil.rmtree(out_path / STATE, ignore_errors=True)
+        engine.barrier("outputs")
     return summary, datasets, figures
 
 
-def _analyze(exp, cfg: dict, datasets: dict, seed: int):
-    """``exp.analyze(cfg, datasets)``, with ``seed=`` when the analysis takes the run's seed
-    (an estimator that draws its own random numbers in ``analyze``, e.g. escape's splitting)."""
+def _analyze(exp, cfg: dict, datasets: dict, seed: int, checkpoint_dir=None):
+    """``exp.analyze(cfg, datasets)``, with ``seed=`` and ``checkpoint_dir=`` when the
+    analysis takes them (an estimator that draws its own random numbers in ``analyze``,
+    e.g. escape's splitting, uses the run's seed and checkpoints under the run's state
+    directory, so that a killed run resumes to the same bits)."""
     import inspect
 
-    if "seed" in inspect.signature(exp.analyze).parameters:
-        return exp.analyze(cfg, datasets, seed=seed)
+    params = inspect.signature(exp.analyze).parameters
+    kw = {}
+    if "seed" in params:
+        kw["seed"] = seed
+    if "checkpoint_dir" in params:
+        kw["checkpoint_dir"] = checkpoint_dir
+    if kw:
+        return exp.analyze(cfg, datasets, **kw)
     return exp.analyze(cfg, datasets)
 
 

@@ -331,10 +331,11 @@ def slope_se_correlated(x, mean, se, cov_log) -> float:
     return float(math.sqrt(c @ np.asarray(cov_log, float) @ c))
 
 
-def _analyze(cfg, datasets, seed: int = 0) -> Outcome:
-    """The outcome of a run; ``seed`` is the run's seed (the splitting estimator's keys)."""
+def _analyze(cfg, datasets, seed: int = 0, checkpoint_dir=None) -> Outcome:
+    """The outcome of a run; ``seed`` is the run's seed (the splitting estimator's keys),
+    ``checkpoint_dir`` where the splitting estimator checkpoints its finished chunks."""
     if cfg["estimator"] == "splitting":
-        return _splitting.analyze(cfg, datasets, seed)
+        return _splitting.analyze(cfg, datasets, seed, checkpoint_dir)
     cells = _cells(cfg)
     times = _member_times(cfg, datasets)
     quantities, notes, oracles, influence = [], [], {}, {}
