@@ -288,3 +288,41 @@ def test_what_makes_the_cli_join_a_distributed_job():
     assert not _distributed.requested(False, {**env, "JAX_PROCESS_ID": ""})
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two' is invalid"):
         _distributed.initialize({**env, "JAX_NUM_PROCESSES": "two"})
+
+
+def test_cli_two_processes_write_one_run_equal_to_one_process(tmp_path):
+    """Both processes run the same command line; process 0 alone writes the outputs, and
+    they are those of a one-process run (summary.json says processes: 2)."""
+    sets = ["--set", "seeds=200", "--set", "steps=2000", "--set", "burn_in=500",
+            "--set", "learning_rate=0.5", "--set", "momentum=0"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    port = str(_free_port())
+    files = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in range(2)]
+    procs = []
+    try:
+        for i, (o, e) in enumerate(files):
+            env = dict(_env(), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                       JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "sgdlab.cli", "run", "lzu-stationary", "--quiet",
+                 "--out", str(two), *sets], cwd=ROOT, env=env, stdout=o, stderr=e, text=True))
+        for p in procs:
+            p.wait(timeout=300)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (_, e) in zip(procs, files, strict=True):
+        e.seek(0)
+        assert p.returncode == 0, e.read()[-3000:]
+    files[1][0].seek(0)
+    assert "checks:" not in files[1][0].read()  # only process 0 prints the table
+    r = subprocess.run([sys.executable, "-m", "sgdlab.cli", "run", "lzu-stationary", "--quiet",
+                        "--out", str(one), *sets], cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    assert a["processes"] == 2 and b["processes"] == 1
+    assert [q["value"] for q in a["quantities"]] == [q["value"] for q in b["quantities"]]
+    assert not (two / ".sgdlab-state").exists()
