@@ -90,6 +90,7 @@ import numpy as np
 import optax
 from scipy import stats
 
+from sgdlab._files import atomic_npz
 from sgdlab._validate import fail, finite_float, positive_int
 from sgdlab.optim import Optimizer
 from sgdlab.problems import Observation, Problem
@@ -629,9 +630,7 @@ def estimate(problem: Problem, optimizer: Optimizer, hp: Mapping[str, Any], *,
         done[c] = {k: np.asarray(v) for k, v in out.items()}
         if checkpoint is not None:
             flat = {f"c{i}_{k}": v for i, d in done.items() for k, v in d.items()}
-            tmp = f"{checkpoint}.tmp.npz"
-            np.savez(tmp, ident=ident, **flat)
-            os.replace(tmp, checkpoint)
+            atomic_npz(checkpoint, {"ident": ident, **flat})
     res = {k: np.concatenate([done[c][k] for c in range(n_chunks)])[:R] for k in done[0]}
     seconds = time.perf_counter() - t0
     return _summarize(res, b, zA, zB, seconds)

@@ -132,7 +132,8 @@ def test_summary_json_is_never_partial(tmp_path):
     out = tmp_path / "run"
     script = textwrap.dedent(f"""
         import os, time, sys
-        import sgdlab.experiments._run as ex
+        from pathlib import Path
+        from sgdlab._files import atomic_text
         real = os.fsync
         def slow(fd):
             time.sleep(30)
@@ -141,7 +142,7 @@ def test_summary_json_is_never_partial(tmp_path):
         os.fsync = slow
         print("writing", flush=True)
         text = __import__("json").dumps(summary)
-        ex._atomic_write_text(ex.Path({str(out)!r}) / "summary.json", text)
+        atomic_text(Path({str(out)!r}) / "summary.json", text)
     """)
     out.mkdir()
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
@@ -152,8 +153,8 @@ def test_summary_json_is_never_partial(tmp_path):
     p.wait()
     assert not (out / "summary.json").exists()
     # the temporary file is the only trace; a later write replaces nothing partial
-    from sgdlab.experiments._run import _atomic_write_text
-    _atomic_write_text(out / "summary.json", '{"ok": true}')
+    from sgdlab._files import atomic_text
+    atomic_text(out / "summary.json", '{"ok": true}')
     assert json.loads((out / "summary.json").read_text()) == {"ok": True}
 
 

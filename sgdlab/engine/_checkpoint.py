@@ -10,6 +10,8 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
+from sgdlab._files import atomic_npz
+
 
 def _flatten(tree, prefix="") -> dict[str, np.ndarray]:
     """Nested dicts of arrays -> {"a/b/c": array} (for npz checkpoints, no pickle)."""
@@ -31,21 +33,6 @@ def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
             node = node.setdefault(p, {})
         node[leaf] = v
     return out
-
-
-def _atomic_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write an ``.npz`` atomically: a temporary file, fsync, then ``os.replace``."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _read_npz(path: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -78,7 +65,7 @@ class Checkpoint:
             for i, leaf in enumerate(jax.tree_util.tree_leaves(jax.device_get(carry))):
                 arrays[f"carry/{i}"] = np.asarray(leaf)
         arrays["meta"] = np.asarray(json.dumps(meta, sort_keys=True))
-        _atomic_npz(self.path, arrays)
+        atomic_npz(self.path, arrays)
         self.last_time, self.last_step = time.perf_counter(), global_step
         self.writes += 1
 
@@ -117,7 +104,7 @@ class ChunkStore:
             return json.loads(str(z["meta"]))
 
     def write_manifest(self, meta: dict) -> None:
-        _atomic_npz(self.path, {"meta": np.asarray(json.dumps(meta, sort_keys=True))})
+        atomic_npz(self.path, {"meta": np.asarray(json.dumps(meta, sort_keys=True))})
 
     def prepare(self, fresh: bool = False) -> None:
         """Create the directory and drop temporaries of writes a kill interrupted (with
@@ -165,7 +152,7 @@ class ChunkStore:
     def write_chunk(self, c: int, result: dict, meta: dict) -> None:
         arrays = {f"done/{k}": v for k, v in _flatten(result).items()}
         arrays["meta"] = np.asarray(json.dumps({**meta, "chunk": c}, sort_keys=True))
-        _atomic_npz(self._file("chunk", c), arrays)
+        atomic_npz(self._file("chunk", c), arrays)
         if os.path.exists(self._file("carry", c)):
             os.unlink(self._file("carry", c))
 
@@ -178,7 +165,7 @@ class ChunkStore:
                   in enumerate(jax.tree_util.tree_leaves(jax.device_get(carry)))}
         arrays["meta"] = np.asarray(json.dumps({**meta, "chunk": c, "segment": segment},
                                                sort_keys=True))
-        _atomic_npz(self._file("carry", c), arrays)
+        atomic_npz(self._file("carry", c), arrays)
 
     def read_carry(self, c: int) -> tuple[dict, list[np.ndarray]]:
         meta, arrays = _read_npz(self._file("carry", c))

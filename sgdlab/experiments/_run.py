@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sgdlab._files import atomic_text
 from sgdlab._progress import human_names
 from sgdlab._validate import fail
 from sgdlab.experiments._registry import get
@@ -249,7 +250,7 @@ def _prepare_out(path: Path, identity: dict, force: bool, log):
             and not force:
         fail("--out", str(path), "holds outputs of another run; pass --force to replace them")
     state.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(state / "run.json", json.dumps(identity, indent=2, default=plain))
+    atomic_text(state / "run.json", json.dumps(identity, indent=2, default=plain))
     return None
 
 
@@ -257,20 +258,6 @@ def _diff(a: dict, b: dict) -> list[str]:
     from sgdlab.engine import config_diff
     return config_diff(json.loads(json.dumps(a, default=plain)),
                        json.loads(json.dumps(b, default=plain)))
-
-
-def _atomic_write_text(path: Path, text: str):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _replace_dir(src: Path, dst: Path):
@@ -301,7 +288,7 @@ def write_outputs(out: Path, results: dict, summary: dict, figures: dict, force:
         save_figures(figures, figdir)
         _replace_dir(store, out / "results.zarr")
         _replace_dir(figdir, out / "figures")
-        _atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=plain)
+        atomic_text(out / "summary.json", json.dumps(summary, indent=2, default=plain)
                            + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
