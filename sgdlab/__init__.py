@@ -35,7 +35,7 @@ from sgdlab.optim import Optimizer  # noqa: E402
 from sgdlab.problems import Observation, Problem  # noqa: E402
 from sgdlab.results import load, save  # noqa: E402
 
-_LAZY = ("analysis", "plots", "theory", "experiments", "splitting", "cli")
+_LAZY = ("analysis", "plots", "theory", "experiments", "splitting", "adapters", "cli")
 
 if "IPython" in __import__("sys").modules:  # in Jupyter: figures display inline as images
     from sgdlab import plots  # noqa: E402, F401
@@ -56,4 +56,5 @@ def __dir__():
 
 __all__ = ["Study", "Observe", "Stationary", "FirstPassage", "Optimizer", "Plan", "run", "plan",
            "load", "save", "data", "losses", "models", "problems", "engine", "optim", "results",
-           "Problem", "Observation", "analysis", "plots", "theory", "experiments", "__version__"]
+           "Problem", "Observation", "analysis", "plots", "theory", "experiments", "splitting",
+           "adapters", "__version__"]

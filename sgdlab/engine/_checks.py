@@ -10,6 +10,7 @@ names the function and says what to return; the JAX traceback is dropped
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -49,23 +50,60 @@ def _abstract(fn: Callable, name: str, returns: str, *args):
     """``jax.eval_shape(fn, *args)`` with any failure turned into a one-line error."""
     try:
         return jax.eval_shape(fn, *args)
-    except UserFunctionError:
-        raise
+    except UserFunctionError as e:
+        # raised inside the trace: JAX may have appended its traceback-filtering note
+        raise UserFunctionError(str(e).strip().splitlines()[0]) from None
     except Exception as e:  # noqa: BLE001 -- any user error becomes one line
         msg = _one_line(e)
     _fail(name, f"it failed on abstract inputs ({msg}); it must return {returns}")
     raise AssertionError
 
 
+# framework module classes and the adapter that turns each into (init, apply); looked up
+# in sys.modules only, so no framework is imported to produce a message
+_ADAPTERS = (("equinox", "Module", "an Equinox module", "equinox_model"),
+             ("flax.nnx", "Module", "a Flax NNX module", "flax_nnx_model"),
+             ("flax.linen", "Module", "a Flax linen module", "flax_linen_model"))
+
+
+def _framework_module(tree) -> str | None:
+    """``"an Equinox module (MLP) -- use sgdlab.adapters.equinox_model"`` or None."""
+    classes = []
+    for mod, cls, what, adapter in _ADAPTERS:
+        c = getattr(sys.modules.get(mod), cls, None)
+        if isinstance(c, type):
+            classes.append((c, what, adapter))
+    if not classes:
+        return None
+    types = tuple(c for c, _, _ in classes)
+    for node in jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, types)):
+        for c, what, adapter in classes:
+            if isinstance(node, c):
+                return f"{what} ({type(node).__name__}); use sgdlab.adapters.{adapter}"
+    return None
+
+
 def _array_leaves(tree, name: str, what: str):
-    """Refuse non-array leaves (functions, strings, modules' static fields)."""
+    """Refuse non-array leaves (functions, strings, modules' static fields) and
+    non-float ones (SGD differentiates the parameters)."""
     leaves, _ = jax.tree_util.tree_flatten(tree)
     for x in leaves:
         if not isinstance(x, jax.Array | np.ndarray | np.generic | float | int | complex) or \
                 isinstance(x, bool):
+            module = _framework_module(tree)
+            if module:
+                _fail(name, f"it returned {module} to get a pytree of arrays (a leaf is of "
+                      f"type {type(x).__name__}; {what} must be a pytree of arrays only)")
             _fail(name, f"it returned a leaf of type {type(x).__name__}; {what} must be a "
-                  "pytree of arrays only (for an Equinox or Flax module, return its array "
-                  "leaves, e.g. eqx.partition(model, eqx.is_array)[0], and close over the rest)")
+                  "pytree of arrays only (for an Equinox or Flax module, use "
+                  "sgdlab.adapters, or return its array leaves and close over the rest)")
+    for x in leaves:
+        dtype = jnp.result_type(x) if not hasattr(x, "dtype") else x.dtype
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            module = _framework_module(tree)
+            hint = f" ({module})" if module else ""
+            _fail(name, f"it returned a {dtype} leaf of shape {list(np.shape(x))}; {what} "
+                  f"must be float arrays (SGD differentiates them){hint}")
 
 
 class Abstract(NamedTuple):
@@ -89,16 +127,11 @@ def check_study(study, event_fn: Callable | None = None,
 
     def init_arrays(k):
         out = problem.init(k)
-        _array_leaves(out, f"problem.init (of problem {problem.name!r})", "params")
+        _array_leaves(out, f"problem.init (of problem {problem.name!r})", "parameters")
         return out
 
     params = _abstract(init_arrays, f"problem.init (of problem {problem.name!r})",
                        "the parameters as a pytree of float arrays", key)
-    for x in jax.tree_util.tree_leaves(params):
-        if not jnp.issubdtype(x.dtype, jnp.inexact):
-            _fail(f"problem.init (of problem {problem.name!r})",
-                  f"it returned a {x.dtype} leaf of shape {x.shape}; parameters must be float "
-                  "arrays (SGD differentiates them)")
     data = _abstract(problem.data.init, "problem.data.init",
                      "the data drawn once (a pytree of arrays, or None)", key)
     batch = _abstract(problem.data.batch, "problem.data.batch",
@@ -110,8 +143,11 @@ def check_study(study, event_fn: Callable | None = None,
             not jnp.issubdtype(loss.dtype, jnp.floating):
         got = (f"{loss.dtype}{list(loss.shape)}" if hasattr(loss, "shape")
                else type(loss).__name__)
+        extra = (" alone; an (loss, aux) pair is not accepted: record extras with an "
+                 "observable" if isinstance(loss, tuple | list) else
+                 " (reduce over the batch, e.g. jnp.mean)")
         _fail("problem.loss(params, batch, hp)",
-              f"it returned {got}; return a float scalar (reduce over the batch, e.g. jnp.mean)")
+              f"it returned {got}; return a float scalar{extra}")
     _abstract(jax.grad(problem.loss), "jax.grad(problem.loss)",
               "a differentiable scalar of the parameters", params, batch, hp1)
     opt_state = _abstract(lambda p, h: study.optimizer.build(h).init(p),
