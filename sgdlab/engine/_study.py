@@ -14,7 +14,7 @@ import numpy as np
 
 from sgdlab._validate import fail, finite_float, positive_int
 from sgdlab.engine._recorders import FirstPassage, ObservableSpec, Observe, Stationary
-from sgdlab.engine._state import _norm
+from sgdlab.engine._state import STREAM_VERSION, _norm
 from sgdlab.optim import RANGES, Optimizer
 from sgdlab.problems import Observation, Problem
 
@@ -356,6 +356,7 @@ class Study:
             else "inf",
             "keep_init": self.keep_init,
             "dtype": str(jnp.zeros(()).dtype),
+            "stream": STREAM_VERSION,  # how keys and normals are drawn (see _state)
         } | ({"recorders": [r.describe() if callable(getattr(r, "describe", None))
                             else {"name": r.name, "type": type(r).__qualname__}
                             for r in self.recorders]} if self.recorders else {})
