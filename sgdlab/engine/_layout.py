@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,6 +33,10 @@ class Plan:
     memory_budget: int
     devices: int = 1
     block_seeds: int = 1
+    lower_s: float | None = None
+    """Seconds to trace and lower the segment program (measured plans only)."""
+    compile_s: float | None = None
+    """Seconds of XLA compilation of the segment program (measured plans only)."""
 
     @property
     def estimated_bytes(self) -> int:
@@ -48,7 +53,9 @@ class Plan:
                 f"({self.padded_seeds} padding); {self.segments} segment(s) of "
                 f"{self.segment_steps} steps; ~{self.estimated_bytes / 2**20:.1f} MiB per chunk "
                 f"(budget {self.memory_budget / 2**20:.0f} MiB); {self.devices} device(s), "
-                f"statistics in blocks of {self.block_seeds} seeds; 1 compile")
+                f"statistics in blocks of {self.block_seeds} seeds; 1 compile"
+                + (f" (measured on a probe: {self.lower_s:.2f} s lowering + "
+                   f"{self.compile_s:.2f} s XLA)" if self.compile_s is not None else ""))
 
 
 @dataclass(frozen=True)
@@ -145,17 +152,27 @@ def _check_devices(devices: int | None) -> int:
 def _probe_bytes(study: Study, segment: int) -> int:
     """Bytes per seed of the compiled segment program, from XLA's buffer assignment
     (arguments + outputs + temporaries) of a probe chunk of two blocks."""
+    return _probe(study, segment)[0]
+
+
+def _probe(study: Study, segment: int) -> tuple[int, float, float]:
+    """``(bytes per seed, lowering seconds, XLA seconds)`` of the segment program, from a
+    probe chunk of two blocks (compile time hardly depends on the chunk size)."""
     b = study.block
     probe = _Program(study, 2 * b, segment)
     hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
     idx, valid = jnp.zeros(2 * b, jnp.int32), jnp.ones(2 * b, bool)
     arrays = _arrays(study)
     carry = jax.eval_shape(probe._init, hp, idx, valid, jnp.uint32(study.seed), arrays)
-    m = probe.segment.lower(carry, jnp.int32(0), hp, idx, valid, jnp.uint32(study.seed),
-                            arrays).compile().memory_analysis()
+    t0 = time.perf_counter()
+    lowered = probe.segment.lower(carry, jnp.int32(0), hp, idx, valid, jnp.uint32(study.seed),
+                                  arrays)
+    t1 = time.perf_counter()
+    m = lowered.compile().memory_analysis()
+    t2 = time.perf_counter()
     total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes \
         - m.alias_size_in_bytes
-    return int(total / (2 * b))
+    return int(total / (2 * b)), t1 - t0, t2 - t1
 
 
 def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None = None,
@@ -198,9 +215,11 @@ def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None 
     budget = memory_budget or study.memory_budget or default_memory_budget()
     # the quick estimate can miss several-fold; measure unless it is far below the budget
     roomy = 8 * per_seed * study.seeds <= budget * devices
+    lower_s = compile_s = None
     if measure or (measure is None and not roomy and chunk_size is None
                    and study.chunk_size is None):
-        per_seed = max(per_seed, _probe_bytes(study, segment))
+        measured, lower_s, compile_s = _probe(study, segment)
+        per_seed = max(per_seed, measured)
     unit = b * devices  # a chunk is whole blocks on every device
     chunk = chunk_size or study.chunk_size
     if chunk is None:
@@ -215,4 +234,4 @@ def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None 
                 chunk_seeds=chunk, chunks=n_chunks, padded_seeds=chunk * n_chunks - study.seeds,
                 segment_steps=segment, segments=-(-study.steps // segment),
                 bytes_per_seed=per_seed, memory_budget=int(budget), devices=devices,
-                block_seeds=b)
+                block_seeds=b, lower_s=lower_s, compile_s=compile_s)
