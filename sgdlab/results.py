@@ -44,7 +44,7 @@ def to_dataset(study, prog, out: dict, plan, runtime_s: float) -> xr.Dataset:
     Each recorder contributes its coordinates and variables (``to_dataset`` of the
     recorder protocol); the divergence flags come from the member state.
     """
-    from sgdlab.engine._state import STREAM_VERSION
+    from sgdlab.engine import STREAM_VERSION
     from sgdlab.provenance import config_json, device_description, versions
 
     gdims = prog.gdims
