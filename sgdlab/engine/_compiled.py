@@ -241,8 +241,12 @@ class _Program:
                 return (p, study.optimizer.build(h).init(p), loss, _norm(grads))
             return jax.vmap(per_member)(hp)
 
-        params, opt_state, loss, gnorm = jax.vmap(per_seed)(
-            params_s, data_k, self._per_seed_data(data, seed_index.shape[0]))
+        # a barrier between drawing and using: without it XLA fuses the draws of the
+        # parameters and data into the step-0 loss and may merge the seeds' products into
+        # one, whose rounding then depends on the chunk size (as the segments' does not)
+        params_s, data_s = jax.lax.optimization_barrier(
+            (params_s, self._per_seed_data(data, seed_index.shape[0])))
+        params, opt_state, loss, gnorm = jax.vmap(per_seed)(params_s, data_k, data_s)
         s = seed_index.shape[0]
         members = MemberState(
             params=params, opt_state=opt_state, loss=loss, grad_norm=gnorm,
