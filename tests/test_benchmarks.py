@@ -73,6 +73,8 @@ def test_gpu_suite_tiny_runs_end_to_end_through_the_cli(tmp_path):
     bw = doc["bitwise"]
     assert bw["chunks"] == [1, 4] and isinstance(bw["equal"], bool)
     assert bw["chunking_equal"] == (bw["differing_chunking"] == [])
+    # and the engine keeps its guarantee (it once did not: the step-0 loss of seed 5)
+    assert bw["equal"] is True, bw
     # every workload is a record or a skip with its reason
     ran = {r["workload"] for r in doc["records"]}
     skipped = {s["workload"]: s["reason"] for s in doc["skipped"]}
