@@ -542,3 +542,84 @@ def test_bad_input_raises_naming_the_field(make, field):
     with pytest.raises(ValueError, match=f"^{field}") as e:
         make()
     assert "=" in str(e.value) and "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- pytree problems
+
+
+def rebuild_reuses_the_program(make, old, new, observe=("risk",), hp=None, keep_init=False):
+    """A problem rebuilt with new arrays of the same shapes: zero new traces, new numbers."""
+    def run(kw):
+        problem = make(**kw)
+        assert problem.is_pytree
+        study = sl.Study(problem, sl.Optimizer("sgd"), hp or {"learning_rate": [0.05, 0.1]},
+                         steps=4, seeds=2, observe=sl.Observe(observe, at=(0, 4)),
+                         keep_init=keep_init)
+        return sl.run(study, progress=False)
+    before = run(old)
+    n = engine.trace_count()
+    after = run(new)
+    assert engine.trace_count() == n, "rebuilding with same-shaped arrays retraced"
+    for name in observe:
+        a, b = before[name].values, after[name].values
+        assert np.all(np.isfinite(a)) and np.all(np.isfinite(b)), name
+    assert any(not np.array_equal(before[k].values, after[k].values) for k in observe), \
+        "the new arrays did not reach the compiled program"
+
+
+def test_mlp_regression_rebuilt_with_a_new_teacher_or_target_does_not_retrace():
+    def teacher(teacher_seed):
+        return P.mlp_regression((2, 6, 1), target="teacher", teacher_sizes=(2, 4, 1),
+                                n_eval=32, batch_size=2, teacher_seed=teacher_seed)
+    rebuild_reuses_the_program(teacher, {"teacher_seed": 0}, {"teacher_seed": 1},
+                               observe=("risk", "loss"))
+
+    def constant(target_value):
+        return P.mlp_regression((2, 6, 1), target_value=target_value, n_eval=32, batch_size=2)
+    rebuild_reuses_the_program(constant, {"target_value": 0.0}, {"target_value": 0.5})
+    assert constant(0.5).config["target_value"] == 0.5
+
+
+def test_du_two_layer_rebuilt_with_a_new_data_set_does_not_retrace():
+    def make(data_seed):
+        return P.du_two_layer(8, n_data=5, dim=3, labels="teacher", data_seed=data_seed)
+    rebuild_reuses_the_program(make, {"data_seed": 0}, {"data_seed": 1},
+                               observe=("risk", "flip_fraction", "kernel_deviation"),
+                               keep_init=True)
+    p0, p1 = make(0), make(1)
+    assert p0.config["lambda0"] != p1.config["lambda0"]
+    d1 = p1.data.init(jax.random.key(0))
+    assert d1["X"].dtype == jnp.result_type(float)
+    np.testing.assert_allclose(d1["H_inf"], theory.du_H_inf(np.asarray(d1["X"], float)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_regularized_two_layer_rebuilt_with_new_data_does_not_retrace():
+    def make(data_seed, reg=0.3):
+        return P.regularized_two_layer(3, reg=reg, n_data=8, dim=2, data_seed=data_seed)
+    hp = {"learning_rate": 0.1, "noise_std": 0.0, "reg": [0.1, 0.3]}
+    rebuild_reuses_the_program(make, {"data_seed": 0}, {"data_seed": 1},
+                               observe=("risk", "empirical_loss"), hp=hp)
+    # a new default λ is an array too: unswept, it reaches the program without a retrace
+    rebuild_reuses_the_program(make, {"data_seed": 0, "reg": 0.1}, {"data_seed": 0, "reg": 2.0},
+                               hp={"learning_rate": 0.1})
+    assert make(0, reg=2.0).hyperparams == {"reg": 2.0}
+
+
+def test_indicator_target_rebuilt_with_a_new_start_does_not_retrace():
+    def make(a0):
+        return P.indicator_target("ramp", a0=a0, n_eval=64, batch_size=4)
+    rebuild_reuses_the_program(make, {"a0": 1.0}, {"a0": 2.0}, observe=("risk", "a"))
+
+    # the same arguments again: a new object, the same program (it used to retrace)
+    def mlp_study():
+        problem = P.indicator_target("mlp", sizes=(2, 4, 1), n_eval=64, n_data=16, batch_size=4)
+        return sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": 0.1}, steps=4, seeds=2,
+                        observe=sl.Observe(("pointwise_error",), at=(4,)))
+    first = sl.run(mlp_study(), progress=False)
+    n = engine.trace_count()
+    again = sl.run(mlp_study(), progress=False)
+    assert engine.trace_count() == n
+    np.testing.assert_array_equal(first["pointwise_error"].values,
+                                  again["pointwise_error"].values)
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 
 import jax
@@ -14,7 +16,6 @@ from sgdlab._validate import choice, fail, finite_float, positive_int
 from sgdlab.problems._base import (
     Observation,
     Problem,
-    as_float_array,
     data_matrix,
     data_vector,
     indexer,
@@ -97,6 +98,21 @@ def du_two_layer(width: int, *, n_data: int = 100, dim: int = 100, X=None, y=Non
     H_inf = theory.du_H_inf(Xn)
     lambda0 = float(np.linalg.eigvalsh(H_inf)[0])
     idx = indexer(n_data, batch_size, mode)
+    arrays = {"X": Xn, "y": yn, "H_inf": H_inf}
+    problem = Problem.from_arrays(functools.partial(
+        _du_two_layer, width=width, dim=dim, train=train, reduction=reduction,
+        n_data=n_data, batch_size=idx.batch_size, mode=mode), arrays)
+    return dataclasses.replace(problem, config={
+        "width": width, "n_data": n_data, "dim": dim,
+        "labels": "given" if y is not None else labels, "train": train,
+        "teacher_width": teacher_width, "reduction": reduction, "mode": mode,
+        "batch_size": idx.batch_size, "data_seed": data_seed, "lambda0": lambda0})
+
+
+def _du_two_layer(arrays, *, width: int, dim: int, train: str, reduction: str, n_data: int,
+                  batch_size: int, mode: str) -> Problem:
+    """The functions of :func:`du_two_layer` around its arrays (the data set X, y and H∞)."""
+    idx = indexer(n_data, batch_size, mode)
     scale = 1.0 / math.sqrt(width)
 
     def init_fn(key):
@@ -113,7 +129,7 @@ def du_two_layer(width: int, *, n_data: int = 100, dim: int = 100, X=None, y=Non
         return losses.squared_error(apply(params, x), yb, reduction)
 
     def data_init(key):
-        return {"X": as_float_array(Xn), "y": as_float_array(yn), "H_inf": as_float_array(H_inf)}
+        return {k: _float(v) for k, v in arrays.items()}
 
     def batch(data, key, t):
         return idx.batch((data["X"], data["y"]), key, t)
@@ -152,8 +168,9 @@ def du_two_layer(width: int, *, n_data: int = 100, dim: int = 100, X=None, y=Non
             "train_loss": lambda o: train_loss(o.params, o.data),
             "residual": residual,
         },
-        config={"width": width, "n_data": n_data, "dim": dim,
-                "labels": "given" if y is not None else labels, "train": train,
-                "teacher_width": teacher_width, "reduction": reduction, "mode": mode,
-                "batch_size": idx.batch_size, "data_seed": data_seed, "lambda0": lambda0},
     )
+
+
+def _float(x) -> jnp.ndarray:
+    """An array (or a traced argument) in the current default float dtype."""
+    return jnp.asarray(x, dtype=jnp.result_type(float))

@@ -167,18 +167,38 @@ def mlp_regression(sizes: Sequence[int], *, activation: str = "relu", target: st
     tsizes = models.check_sizes(teacher_sizes or sizes)
     if target == "teacher" and (tsizes[0] != d or tsizes[-1] != 1):
         fail("teacher_sizes", tsizes, f"must start with the input dimension {d} and end with 1")
+    if inputs == "uniform":
+        data_lib.uniform_box(box[0], box[1], d)  # checks the box
+    arrays = {"teacher_seed": np.asarray(teacher_seed), "target_value": np.asarray(target_value)}
+    problem = Problem.from_arrays(functools.partial(
+        _mlp_regression, sizes=tuple(sizes), activation=activation, target=target,
+        teacher_sizes=tuple(tsizes), inputs=inputs, box=(float(box[0]), float(box[1])),
+        batch_size=batch_size, reduction=reduction, init=init, n_eval=n_eval), arrays)
+    return dataclasses.replace(problem, config={
+        "sizes": list(sizes), "activation": activation, "target": target,
+        "target_value": target_value, "teacher_sizes": list(tsizes), "inputs": inputs,
+        "box": list(box), "batch_size": batch_size, "reduction": reduction,
+        "init": init, "n_eval": n_eval, "teacher_seed": teacher_seed})
+
+
+def _mlp_regression(a, *, sizes, activation, target, teacher_sizes, inputs, box, batch_size,
+                    reduction, init, n_eval) -> Problem:
+    """The functions of :func:`mlp_regression` around its arrays ``a``: the teacher's seed
+    (the teacher network is drawn from it inside the program, in the run's float dtype)
+    and the constant target value."""
+    d = sizes[0]
     sample_x = (data_lib.uniform_box(box[0], box[1], d) if inputs == "uniform"
                 else (lambda key, n: jax.random.normal(key, (n, d))))
     c = 0.5 if reduction.startswith("half") else 1.0
 
     def label(teacher, x):
         if target == "constant":
-            return jnp.full(x.shape[:1], target_value)
+            return jnp.full(x.shape[:1], a["target_value"], jnp.result_type(float))
         return models.mlp_apply(teacher, x, activation)
 
     def data_init(key):
-        kt = jax.random.key(teacher_seed)
-        teacher = models.mlp_init(kt, tsizes, init) if target == "teacher" else None
+        kt = jax.random.key(a["teacher_seed"])
+        teacher = models.mlp_init(kt, teacher_sizes, init) if target == "teacher" else None
         x = sample_x(key, n_eval)
         return {"teacher": teacher, "eval_x": x, "eval_y": label(teacher, x)}
 
@@ -209,9 +229,4 @@ def mlp_regression(sizes: Sequence[int], *, activation: str = "relu", target: st
     return Problem(
         name="mlp_regression", init=lambda key: models.mlp_init(key, sizes, init),
         loss=loss, data=source, risk=risk, apply=apply,
-        observables={"risk_se": risk_se},
-        config={"sizes": list(sizes), "activation": activation, "target": target,
-                "target_value": target_value, "teacher_sizes": list(tsizes), "inputs": inputs,
-                "box": list(box), "batch_size": batch_size, "reduction": reduction,
-                "init": init, "n_eval": n_eval, "teacher_seed": teacher_seed},
-    )
+        observables={"risk_se": risk_se})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -120,8 +122,29 @@ def indicator_target(model: str = "ramp", *, dim: int = 2, radius: float = 0.5,
     grid_y = (np.linalg.norm(grid, axis=1) <= r).astype(float)
     if n_data is not None:
         n_data = positive_int("n_data", n_data)
+        batch_size = indexer(n_data, batch_size, mode).batch_size
+    arrays = {"grid_x": grid, "grid_y": grid_y, "a0": np.asarray(a0),
+              "init_scale": np.asarray(init_scale)}
+    problem = Problem.from_arrays(functools.partial(
+        _indicator_target, model=model, dim=dim, r=r, sizes=tuple(sizes) if sizes else None,
+        batch_size=batch_size, n_data=n_data, mode=mode, reduction=reduction, init=init,
+        bias_scale=bias_scale, n_eval=n_eval), arrays)
+    return dataclasses.replace(problem, config={
+        "model": model, "dim": dim, "radius": r,
+        "sizes": list(sizes) if model == "mlp" else None, "batch_size": batch_size,
+        "n_data": n_data, "mode": mode if n_data is not None else "online",
+        "reduction": reduction, "a0": a0, "init_scale": init_scale, "init": init,
+        "bias_scale": bias_scale, "grid_size": grid_size, "band": band,
+        "grid_points": int(grid.shape[0]), "n_eval": n_eval})
+
+
+def _indicator_target(arrays, *, model: str, dim: int, r: float, sizes, batch_size: int,
+                      n_data: int | None, mode: str, reduction: str, init: str,
+                      bias_scale: float, n_eval: int) -> Problem:
+    """The functions of :func:`indicator_target` around its arrays: the error grid and its
+    labels, and the ramp's initial ``a0`` and ``init_scale``."""
+    if n_data is not None:
         idx = indexer(n_data, batch_size, mode)
-        batch_size = idx.batch_size
     c = reduction_factor(reduction)
 
     def target(x):
@@ -133,7 +156,8 @@ def indicator_target(model: str = "ramp", *, dim: int = 2, radius: float = 0.5,
 
     if model == "ramp":
         def init_fn(key):
-            return {"a": a0 * jnp.exp(init_scale * jax.random.normal(key, ()))}
+            a0, scale = _float(arrays["a0"]), _float(arrays["init_scale"])
+            return {"a": a0 * jnp.exp(scale * jax.random.normal(key, (), a0.dtype))}
 
         def apply(params, x):
             return models.ramp_apply(params["a"], x, r)
@@ -151,8 +175,8 @@ def indicator_target(model: str = "ramp", *, dim: int = 2, radius: float = 0.5,
     def data_init(key):
         k_data, k_eval = jax.random.split(key)
         ex, ey = sample(k_eval, n_eval)
-        d = {"eval_x": ex, "eval_y": ey, "grid_x": as_float_array(grid),
-             "grid_y": as_float_array(grid_y)}
+        d = {"eval_x": ex, "eval_y": ey, "grid_x": _float(arrays["grid_x"]),
+             "grid_y": _float(arrays["grid_y"])}
         if n_data is not None:
             d["x"], d["y"] = sample(k_data, n_data)
         return d
@@ -212,10 +236,9 @@ def indicator_target(model: str = "ramp", *, dim: int = 2, radius: float = 0.5,
     return Problem(
         name="indicator_target", init=init_fn, loss=loss, data=source, risk=risk, apply=apply,
         observables=observables,
-        config={"model": model, "dim": dim, "radius": r,
-                "sizes": list(sizes) if model == "mlp" else None, "batch_size": batch_size,
-                "n_data": n_data, "mode": mode if n_data is not None else "online",
-                "reduction": reduction, "a0": a0, "init_scale": init_scale, "init": init,
-                "bias_scale": bias_scale, "grid_size": grid_size, "band": band,
-                "grid_points": int(grid.shape[0]), "n_eval": n_eval},
     )
+
+
+def _float(x) -> jnp.ndarray:
+    """An array (or a traced argument) in the current default float dtype."""
+    return jnp.asarray(x, dtype=jnp.result_type(float))

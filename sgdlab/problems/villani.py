@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +12,7 @@ import numpy as np
 from sgdlab import data as data_lib
 from sgdlab import losses, models
 from sgdlab._validate import choice, finite_float, positive_int
-from sgdlab.problems._base import Problem, as_float_array, data_vector, indexer
+from sgdlab.problems._base import Problem, data_vector, indexer
 from sgdlab.problems.du import sphere_inputs
 
 SMOOTH_ACTIVATIONS = ("sigmoid", "tanh", "softplus")
@@ -95,6 +98,26 @@ def regularized_two_layer(width: int, *, reg: float, activation: str = "sigmoid"
     else:
         yn = rng.standard_normal(n_data)
     idx = indexer(n_data, batch_size, mode)
+    arrays = {"X": Xn, "y": yn, "a": an, "reg": np.asarray(reg)}
+    problem = Problem.from_arrays(functools.partial(
+        _regularized_two_layer, width=width, dim=dim, activation=activation, init=init,
+        init_scale=init_scale, reduction=reduction, n_data=n_data, batch_size=idx.batch_size,
+        mode=mode), arrays)
+    return dataclasses.replace(
+        problem, hyperparams={"reg": reg},
+        config={"width": width, "reg": reg, "activation": activation, "n_data": n_data,
+                "dim": dim, "labels": "given" if y is not None else labels, "init": init,
+                "init_scale": init_scale, "reduction": reduction, "mode": mode,
+                "batch_size": idx.batch_size, "data_seed": data_seed, "a": an.tolist(),
+                "output_scale": output_scale, "n_params": width * dim})
+
+
+def _regularized_two_layer(arrays, *, width: int, dim: int, activation: str, init: str,
+                           init_scale: float, reduction: str, n_data: int, batch_size: int,
+                           mode: str) -> Problem:
+    """The functions of :func:`regularized_two_layer` around its arrays: the data set X, y,
+    the output weights a and the default λ (``reg``)."""
+    idx = indexer(n_data, batch_size, mode)
 
     def init_fn(key):
         shape = (width, dim)
@@ -105,39 +128,40 @@ def regularized_two_layer(width: int, *, reg: float, activation: str = "sigmoid"
         return init_scale * jax.random.normal(key, shape)
 
     def apply(W, x):
-        return models.two_layer_apply(W, as_float_array(an), x, activation)
+        return models.two_layer_apply(W, _float(arrays["a"]), x, activation)
 
     def objective(W, x, yb, lam):
         return losses.squared_error(apply(W, x), yb, reduction) + 0.5 * lam * jnp.sum(W * W)
 
+    def reg(hp):
+        return hp["reg"] if "reg" in hp else _float(arrays["reg"])
+
     def loss(W, b, hp):
-        return objective(W, *b, hp.get("reg", reg))
+        return objective(W, *b, reg(hp))
 
     def data_init(key):
-        return {"X": as_float_array(Xn), "y": as_float_array(yn), "a": as_float_array(an)}
+        return {k: _float(arrays[k]) for k in ("X", "y", "a")}
 
     def batch(data, key, t):
         return idx.batch((data["X"], data["y"]), key, t)
 
     def empirical_loss(W, data, hp):
-        return objective(W, data["X"], data["y"], hp.get("reg", reg))
+        return objective(W, data["X"], data["y"], reg(hp))
 
     source = data_lib.DataSource(init=data_init, batch=batch, shared=True,
                                  batch_size=idx.batch_size, description=idx.description)
     return Problem(
         name="regularized_two_layer", init=init_fn, loss=loss, data=source,
         risk=lambda W, data, hp: empirical_loss(W, data, hp), apply=apply,
-        observables={"empirical_loss": lambda o: empirical_loss(o.params, o.data, o.hp)},
-        config={"width": width, "reg": reg, "activation": activation, "n_data": n_data,
-                "dim": dim, "labels": "given" if y is not None else labels, "init": init,
-                "init_scale": init_scale, "reduction": reduction, "mode": mode,
-                "batch_size": idx.batch_size, "data_seed": data_seed, "a": an.tolist(),
-                "output_scale": output_scale, "n_params": width * dim},
-        hyperparams={"reg": reg},
-    )
+        observables={"empirical_loss": lambda o: empirical_loss(o.params, o.data, o.hp)})
 
 
 def output_weight(width: int, output_scale: str) -> float:
     """|a_j| for ``output_scale`` ∈ {``"1"``, ``"1/sqrt_p"``, ``"1/p"``} at width p."""
     choice("output_scale", output_scale, OUTPUT_SCALES)
     return {"1": 1.0, "1/sqrt_p": 1.0 / np.sqrt(width), "1/p": 1.0 / width}[output_scale]
+
+
+def _float(x) -> jnp.ndarray:
+    """An array (or a traced argument) in the current default float dtype."""
+    return jnp.asarray(x, dtype=jnp.result_type(float))
