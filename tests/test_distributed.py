@@ -2,6 +2,7 @@
 (two local CPU processes, gloo), resumed with two processes or one, bitwise equal to an
 uninterrupted single-process run; SIGTERM on one process stops both with a checkpoint."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -226,12 +227,11 @@ def test_sigterm_stops_both_with_checkpoint_and_changed_config_refused(setup, tm
     _assert_same(ref, _load(tmp_path / "r.zarr"))
 
 
-def test_cli_sigterm_stops_every_process_and_prints_the_resume_command(tmp_path):
-    out = tmp_path / "run"
+@contextlib.contextmanager
+def _two_cli_processes(args):
+    """``sgdlab ARGS`` as processes 0 and 1 of one job; yields ``(procs, [(stdout, stderr)])``
+    (temporary files) and kills whatever still runs on exit."""
     port = str(_free_port())
-    args = ["run", "lzu-stationary", "--quiet", "--distributed", "--out", str(out),
-            "--set", "seeds=400", "--set", "steps=40000", "--set", "burn_in=500",
-            "--set", "learning_rate=0.5", "--set", "momentum=0", "--checkpoint-steps", "400"]
     files = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in range(2)]
     procs = []
     try:
@@ -240,15 +240,24 @@ def test_cli_sigterm_stops_every_process_and_prints_the_resume_command(tmp_path)
                        JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
             procs.append(subprocess.Popen([sys.executable, "-m", "sgdlab.cli", *args], cwd=ROOT,
                                           env=env, stdout=o, stderr=e, text=True))
-        _wait_for(lambda: list(out.glob(".sgdlab-state/*.d/carry*.npz")), timeout=300)
-        procs[1].send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(timeout=120)
+        yield procs, files
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_cli_sigterm_stops_every_process_and_prints_the_resume_command(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "lzu-stationary", "--quiet", "--distributed", "--out", str(out),
+            "--set", "seeds=400", "--set", "steps=40000", "--set", "burn_in=500",
+            "--set", "learning_rate=0.5", "--set", "momentum=0", "--checkpoint-steps", "400"]
+    with _two_cli_processes(args) as (procs, files):
+        _wait_for(lambda: list(out.glob(".sgdlab-state/*.d/carry*.npz")), timeout=300)
+        procs[1].send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=120)
     errs = []
     for p, (_, e) in zip(procs, files, strict=True):
         e.seek(0)
@@ -296,23 +305,10 @@ def test_cli_two_processes_write_one_run_equal_to_one_process(tmp_path):
     sets = ["--set", "seeds=200", "--set", "steps=2000", "--set", "burn_in=500",
             "--set", "learning_rate=0.5", "--set", "momentum=0"]
     two, one = tmp_path / "two", tmp_path / "one"
-    port = str(_free_port())
-    files = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in range(2)]
-    procs = []
-    try:
-        for i, (o, e) in enumerate(files):
-            env = dict(_env(), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                       JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "sgdlab.cli", "run", "lzu-stationary", "--quiet",
-                 "--out", str(two), *sets], cwd=ROOT, env=env, stdout=o, stderr=e, text=True))
+    with _two_cli_processes(["run", "lzu-stationary", "--quiet", "--out", str(two), *sets]) \
+            as (procs, files):
         for p in procs:
             p.wait(timeout=300)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     for p, (_, e) in zip(procs, files, strict=True):
         e.seek(0)
         assert p.returncode == 0, e.read()[-3000:]
