@@ -9,12 +9,15 @@ from typing import IO
 
 import numpy as np
 
+TMP_MARK = ".tmp-"
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool) -> None:
     """Write ``path`` through ``write(file)`` into a temporary file in the same directory,
     fsync it, then ``os.replace`` it into place; on any error nothing is left behind."""
     path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+    # the ".tmp-" marker lets a resume recognize and drop the leftovers of a killed write
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{TMP_MARK}",
                                dir=os.path.dirname(path) or ".")
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:

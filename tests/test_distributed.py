@@ -174,6 +174,9 @@ def test_sigkill_then_resume_with_two_and_one_process(setup, tmp_path):
     copy.mkdir()
     shutil.copy(ckpt, copy / "c.npz")
     shutil.copytree(tmp_path / "c.npz.d", copy / "c.npz.d")
+    # what a write cut by SIGKILL leaves behind (whether or not this kill hit one)
+    for d in (tmp_path / "c.npz.d", copy / "c.npz.d"):
+        (d / ".carry1.npz.tmp-killed").write_bytes(b"PK\x03\x04 half a zip")
     for n, state in ((2, ckpt), (1, copy / "c.npz")):
         out = tmp_path / f"resumed{n}.zarr"
         job = _Job(script, n, state, out)
@@ -187,6 +190,8 @@ def test_sigkill_then_resume_with_two_and_one_process(setup, tmp_path):
         ds = _load(out)
         _assert_same(ref, ds)
         assert int(ds.attrs["processes"]) == n
+        d = state.with_name(state.name + ".d")
+        assert not (d.is_dir() and [f for f in os.listdir(d) if ".tmp-" in f])
 
 
 def test_sigterm_stops_both_with_checkpoint_and_changed_config_refused(setup, tmp_path):

@@ -92,6 +92,8 @@ def test_killed_run_resumes_bitwise_identically(tmp_path, reference, sig):
     else:
         assert p.returncode == -signal.SIGKILL
     assert not (out / "summary.json").exists()
+    # the leftover carries the mark a resume uses to drop it
+    assert [f.name for f in out.iterdir()] and all(".tmp-" in f.name for f in out.iterdir())
     p = sgdlab([*RUN, "--out", str(out)])
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
@@ -152,6 +154,8 @@ def test_summary_json_is_never_partial(tmp_path):
     p.kill()
     p.wait()
     assert not (out / "summary.json").exists()
+    # the leftover carries the mark a resume uses to drop it
+    assert [f.name for f in out.iterdir()] and all(".tmp-" in f.name for f in out.iterdir())
     # the temporary file is the only trace; a later write replaces nothing partial
     from sgdlab._files import atomic_text
     atomic_text(out / "summary.json", '{"ok": true}')

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
-from sgdlab._files import atomic_npz
+from sgdlab._files import TMP_MARK, atomic_npz
 
 
 def _flatten(tree, prefix="") -> dict[str, np.ndarray]:
@@ -111,13 +111,13 @@ class ChunkStore:
         ``fresh``, everything: parts left without a manifest belong to no resumable run)."""
         os.makedirs(self.dir, exist_ok=True)
         for name in os.listdir(self.dir):
-            if fresh or ".tmp-" in name:
+            if fresh or TMP_MARK in name:
                 os.unlink(os.path.join(self.dir, name))
 
     def write_token(self) -> str:
         token = os.urandom(16).hex()
         path = os.path.join(self.dir, "token")
-        tmp = f"{path}.tmp-{os.getpid()}"
+        tmp = f"{path}{TMP_MARK}{os.getpid()}"
         with open(tmp, "w") as f:
             f.write(token)
             f.flush()
