@@ -159,9 +159,9 @@ def _dispatch(args) -> int:
         raise ValueError(f"--memory={args.memory} is invalid: expected a positive number of GiB")
     args.distributed_run = False
     if not args.params and not args.dry_run:
-        from sgdlab.engine import _distributed
-        if _distributed.requested(args.distributed):
-            _distributed.initialize()
+        from sgdlab import engine
+        if engine.distributed_requested(args.distributed):
+            engine.initialize_distributed()
             args.distributed_run = True
     if args.x64:
         import jax

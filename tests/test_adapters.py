@@ -70,7 +70,7 @@ def _compare(problem, reference):
     got, start = _run(problem)
     data = _data()
     for s in range(SEEDS):
-        init_k, data_k, _ = engine._seed_keys(0, s)
+        init_k, data_k, _ = engine.member_keys(0, s)
         batches = [_batch(data, data_k, jnp.int32(t)) for t in range(1, STEPS + 1)]
         for i, lr in enumerate(LRS):
             ref = reference(init_k, batches, lr)

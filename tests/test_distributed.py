@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from sgdlab.engine._state import STREAM_VERSION
+from sgdlab.engine import STREAM_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,13 +33,11 @@ WORKER = textwrap.dedent("""
         jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=n,
                                    process_id=pid)
     import sgdlab as sl
-    from sgdlab.engine import _loop
-
-    tick = _loop.Progress.tick
+    tick = sl.engine.Progress.tick
     def slow_tick(self, *a, **k):  # a slow segment, so that the test can kill mid-run
         time.sleep(cfg.get("delay", 0.0))
         return tick(self, *a, **k)
-    _loop.Progress.tick = slow_tick
+    sl.engine.Progress.tick = slow_tick
     signal.signal(signal.SIGTERM, sl.engine.request_stop)
     study = sl.Study(sl.problems.noisy_quadratic([1.0, 0.5], [0.5, 0.2], w0=1.0),
                      sl.Optimizer("sgd"), {"learning_rate": [0.1, cfg.get("lr", 0.2)]},
@@ -292,16 +290,16 @@ def test_state_directory_not_shared_is_refused(setup, tmp_path):
 
 
 def test_what_makes_the_cli_join_a_distributed_job():
-    from sgdlab.engine import _distributed
+    from sgdlab.engine import distributed_requested, initialize_distributed
 
     slurm = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "1"}
-    assert not _distributed.requested(False, slurm)  # SLURM's variables alone do not
-    assert _distributed.requested(True, slurm)
+    assert not distributed_requested(False, slurm)  # SLURM's variables alone do not
+    assert distributed_requested(True, slurm)
     env = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
-    assert _distributed.requested(False, env)
-    assert not _distributed.requested(False, {**env, "JAX_PROCESS_ID": ""})
+    assert distributed_requested(False, env)
+    assert not distributed_requested(False, {**env, "JAX_PROCESS_ID": ""})
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two' is invalid"):
-        _distributed.initialize({**env, "JAX_NUM_PROCESSES": "two"})
+        initialize_distributed({**env, "JAX_NUM_PROCESSES": "two"})
 
 
 def test_cli_two_processes_write_one_run_equal_to_one_process(tmp_path):

@@ -12,6 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 import sgdlab as sl
 from sgdlab import engine
+from sgdlab.engine._compiled import _program as compiled_program  # white-box: the program itself
 
 
 def flat_params(o):
@@ -29,7 +30,7 @@ def mlp_study(seeds=3, lrs=(0.05, 0.2), steps=30, momentum=0.9, **kw):
 
 def reference_loop(problem, lr, momentum, steps, seed_index, base_seed=0):
     """One member, trained with a plain Python loop of optax updates."""
-    init_k, data_k, _ = engine._seed_keys(base_seed, seed_index)
+    init_k, data_k, _ = engine.member_keys(base_seed, seed_index)
     data = problem.data.init(engine.shared_key(base_seed))
     params = problem.init(init_k)
     tx = optax.sgd(lr, momentum=momentum)
@@ -181,7 +182,7 @@ def test_memory_does_not_grow_with_steps():
                          observe=sl.Observe(("risk",), num=20, members=False),
                          stationary=sl.Stationary(("w2",), burn_in=10, members=False))
         p = sl.plan(study)
-        prog = engine._program(study, p.chunk_seeds, p.segment_steps)
+        prog = compiled_program(study, p.chunk_seeds, p.segment_steps)
         hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
         idx, valid = jnp.arange(p.chunk_seeds, dtype=jnp.int32), jnp.ones(p.chunk_seeds, bool)
         carry = prog.init(hp, idx, valid, jnp.uint32(0))
@@ -242,7 +243,7 @@ def test_noise_stream_is_the_documented_block_stream_whatever_the_segments():
         z = -np.diff(w[0], axis=-2)  # [seed, step, d]
         np.testing.assert_allclose(-np.diff(w[1], axis=-2), 3.0 * z, atol=1e-12)  # common
         for i in range(3):
-            key = engine._seed_keys(0, i)[2]
+            key = engine.member_keys(0, i)[2]
             blocks = [jax.random.normal(jax.random.split(jax.random.fold_in(key, b), 1)[0],
                                         (B, d)) for b in range(-(-steps // B))]
             expected = np.concatenate(blocks)[:steps]
@@ -376,7 +377,7 @@ def test_dry_run_memory_estimate_within_2x_of_the_program_buffers():
                      seeds=512, observe=sl.Observe(("loss", "risk"), num=10))
     quick = sl.plan(study)
     p = sl.plan(study, measure=True)
-    prog = engine._program(study, p.chunk_seeds, p.segment_steps)
+    prog = compiled_program(study, p.chunk_seeds, p.segment_steps)
     hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
     idx, valid = jnp.arange(p.chunk_seeds, dtype=jnp.int32), jnp.ones(p.chunk_seeds, bool)
     carry = prog.init(hp, idx, valid, jnp.uint32(0))

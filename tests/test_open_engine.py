@@ -266,7 +266,7 @@ def test_user_optax_transformation_equals_plain_optax_loop_in_float64():
         for i, lr in enumerate(lrs):
             for j, c in enumerate(clips):
                 for s in range(2):
-                    init_k, data_k, _ = engine._seed_keys(0, s)
+                    init_k, data_k, _ = engine.member_keys(0, s)
                     params = problem.init(init_k)
                     tx = optax.chain(optax.clip_by_global_norm(c), optax.sgd(lr))
                     state = tx.init(params)

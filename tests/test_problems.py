@@ -23,7 +23,7 @@ KEY = jax.random.key(0)
 def first_batch(problem, t=1, seed=0):
     """The data and the step-``t`` batch of seed index ``seed`` (study seed 0)."""
     def draw():
-        _, data_k, _ = engine._seed_keys(0, seed)
+        _, data_k, _ = engine.member_keys(0, seed)
         data = problem.data.init(engine.shared_key(0))
         return data, problem.data.batch(data, data_k, jnp.int32(t))
     return jax.jit(draw)()
@@ -455,7 +455,7 @@ def test_finite_quadratic_engine_member_equals_plain_loop():
         batch = jax.jit(jax.vmap(problem.data.batch, in_axes=(None, None, 0)))
         K = np.diag([2.0, 0.5])
         for s in range(2):
-            _, data_k, _ = engine._seed_keys(0, s)
+            _, data_k, _ = engine.member_keys(0, s)
             batches = np.asarray(batch(data, data_k, jnp.arange(1, 10)))
             w, m = np.array([1.0, -1.0]), np.zeros(2)
             for t in range(1, 10):

@@ -45,40 +45,14 @@ live in :mod:`sgdlab.provenance`.
 from sgdlab.engine import _compiled
 from sgdlab.engine._cache import compile_cache
 from sgdlab.engine._cache import requested as _cache_requested
-from sgdlab.engine._checkpoint import Checkpoint, _flatten, _unflatten
+from sgdlab.engine._checkpoint import Checkpoint
 from sgdlab.engine._checks import UserFunctionError
-from sgdlab.engine._compiled import (
-    _PROGRAMS,
-    _arrays,
-    _Program,
-    _program,
-    _static_key,
-    program_key,
-    trace_count,
-)
+from sgdlab.engine._compiled import program_key, trace_count
 from sgdlab.engine._distributed import barrier, is_writer
-from sgdlab.engine._layout import (
-    Plan,
-    StaticPlan,
-    _check_devices,
-    _probe_bytes,
-    _shard,
-    _tree_bytes,
-    default_memory_budget,
-    plan,
-)
-from sgdlab.engine._loop import (
-    _STOP,
-    Interrupted,
-    Progress,
-    _collect,
-    _merge_chunks,
-    _run_multiprocess,
-    _run_static,
-    clear_stop,
-    request_stop,
-    run,
-)
+from sgdlab.engine._distributed import initialize as initialize_distributed
+from sgdlab.engine._distributed import requested as distributed_requested
+from sgdlab.engine._layout import Plan, StaticPlan, default_memory_budget, plan
+from sgdlab.engine._loop import Interrupted, Progress, clear_stop, request_stop, run
 from sgdlab.engine._recorders import (
     FirstPassage,
     ObservableSpec,
@@ -88,20 +62,15 @@ from sgdlab.engine._recorders import (
     Stationary,
     StationaryState,
 )
-from sgdlab.engine._recorders import merge_stats as _merge_stats
 from sgdlab.engine._state import (
     STREAM_VERSION,
     Carry,
     MemberState,
-    _all_finite,
-    _max_abs,
-    _norm,
-    _seed_keys,
-    _select,
+    member_keys,
     noise_block,
     shared_key,
 )
-from sgdlab.engine._study import Study, _builtin_observables, _jsonable, _resolve
+from sgdlab.engine._study import Study
 from sgdlab.provenance import config_diff, config_json, device_description, versions
 
 if _cache_requested():
@@ -120,4 +89,5 @@ __all__ = ["Study", "Observe", "Stationary", "FirstPassage", "Plan", "StaticPlan
            "Interrupted", "request_stop", "clear_stop", "Progress", "config_diff", "config_json",
            "device_description", "versions", "default_memory_budget", "ObservableSpec",
            "UserFunctionError", "Recorder", "STREAM_VERSION", "noise_block", "program_key",
-           "barrier", "is_writer"]
+           "barrier", "is_writer", "member_keys", "distributed_requested",
+           "initialize_distributed", "ObserveState", "StationaryState"]

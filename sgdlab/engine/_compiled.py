@@ -18,8 +18,8 @@ from sgdlab.engine._state import (
     _all_finite,
     _max_abs,
     _norm,
-    _seed_keys,
     _select,
+    member_keys,
     noise_block,
     shared_key,
 )
@@ -225,7 +225,7 @@ class _Program:
 
     def _init_body(self, hp, seed_index, valid, base_seed):
         study, problem = self.study, self.problem
-        init_k, data_k, _ = jax.vmap(_seed_keys, in_axes=(None, 0))(base_seed, seed_index)
+        init_k, data_k, _ = jax.vmap(member_keys, in_axes=(None, 0))(base_seed, seed_index)
         if problem.data.shared:
             data = problem.data.init(shared_key(base_seed))
         else:
@@ -268,7 +268,7 @@ class _Program:
 
     def _segment_body(self, carry: Carry, t0, hp, seed_index, valid, base_seed):
         problem = self.problem
-        _, data_k, noise_k = jax.vmap(_seed_keys, in_axes=(None, 0))(base_seed, seed_index)
+        _, data_k, noise_k = jax.vmap(member_keys, in_axes=(None, 0))(base_seed, seed_index)
         data = carry.data
 
         def per_seed(ms_g, dk, noise, d, t):

@@ -67,7 +67,9 @@ def noise_block(n_params: int) -> int:
     return b
 
 
-def _seed_keys(base_seed, seed_index):
+def member_keys(base_seed, seed_index):
+    """A member's ``(init, data, noise)`` keys: ``fold_in(k, 0..2)`` of
+    ``k = fold_in(fold_in(key(base_seed), 0), seed_index)`` (the same for every grid point)."""
     root = jax.random.key(base_seed)
     k = jax.random.fold_in(jax.random.fold_in(root, 0), seed_index)
     return jax.random.fold_in(k, 0), jax.random.fold_in(k, 1), jax.random.fold_in(k, 2)
