@@ -57,10 +57,61 @@ def test_layout_noise_per_member():
         want = [math.sqrt(2 * dL / (lr * x)) for x in cfg["barrier_over_temperature"]]
         np.testing.assert_allclose(st.hparams["noise_std"], want, rtol=1e-15)
         assert st.problem is next(iter(studies.values())).problem
-    mixed = experiments.get("escape").studies(_cfg(batch_size=[1, 4], noise_var=2.0), 0)
-    assert list(mixed) == ["S1", "S4"]
+    mixed = experiments.get("escape").studies(_cfg(batch_size=[1, 4, 8], noise_var=2.0), 0)
+    assert list(mixed) == ["S1", "minibatch"]
     assert float(mixed["S1"].hparams["noise_std"]) == pytest.approx(math.sqrt(2.0))
-    assert mixed["S4"].problem.config["gradient_noise_var"] == pytest.approx(0.5)
+    assert mixed["minibatch"].static == {"batch_size": (4, 8)}
+    subs = mixed["minibatch"].static_studies()
+    for S in (4, 8):
+        assert subs[(S,)].problem.config["gradient_noise_var"] == pytest.approx(2.0 / S)
+        assert float(subs[(S,)].hparams["noise_scale"]) == 1.0
+
+
+def test_minibatch_sizes_are_a_static_sweep_with_few_programs():
+    """batch_size 1, 4, 16 × two learning rates: one program for S = 1 and one per S > 1.
+
+    The dry run plans that many programs and a run traces exactly that many; every
+    cell is read back from its row, which a separately built single-cell study (its
+    own problem, the tilts' variance S·σ² static, no ``noise_scale``) confirms.
+    """
+    cfg = _cfg(batch_size=[1, 4, 16], learning_rate=[0.1, 0.5], seeds=16, max_steps=200)
+    exp = experiments.get("escape")
+    lines = experiments.dry_run("escape", "quick", {k: cfg[k] for k in
+                                                    ("batch_size", "learning_rate", "seeds",
+                                                     "max_steps")})
+    assert lines[-1].split("; ")[1].startswith("3 compiles (distinct programs over 4 studies)")
+    studies = exp.studies(cfg, 0)
+    assert list(studies) == ["S1_lr0", "S1_lr1", "minibatch_lr0", "minibatch_lr1"]
+    mb = [studies[f"minibatch_lr{i}"] for i in range(2)]
+    assert mb[0].static == {"batch_size": (4, 16)}
+    for i in range(2):  # noise_scale = σ, the Gaussian noise_std, for every S
+        np.testing.assert_allclose(mb[i].hparams["noise_scale"],
+                                   studies[f"S1_lr{i}"].hparams["noise_std"], rtol=1e-15)
+    for S in (4, 16):  # one problem object per S, shared by the learning rates
+        a, b = (m.static_studies()[(S,)].problem for m in mb)
+        assert a is b
+        z = np.asarray(a.data.init(None), float)
+        assert np.mean(z * z) == pytest.approx(S, rel=1e-5)  # the batch mean has variance 1
+    traces = engine.trace_count()
+    datasets = {name: engine.run(st, progress=False) for name, st in studies.items()}
+    assert engine.trace_count() - traces == 3
+    assert datasets["minibatch_lr1"].event_step.dims == ("batch_size", "noise_scale", "seed")
+    times = E._member_times(cfg, datasets)
+    assert set(times) == {(c.S, c.i, c.j) for c in E._cells(cfg)}
+    cells = {(c.S, c.i, c.j): c for c in E._cells(cfg)}
+    for key in [(16, 1, 2), (4, 1, 0)]:  # λ = 0.5: few censored, the times tell cells apart
+        c = cells[key]
+        ref = engine.run(engine.Study(
+            E._problem(cfg, c.S * c.s2, c.S), Optimizer("sgd"), {"learning_rate": c.lr},
+            steps=cfg["max_steps"], seeds=cfg["seeds"], observe=None,
+            first_passage=engine.FirstPassage("escaped", freeze=True)), progress=False)
+        t = analysis.escape_times(ref.event_step.values.ravel(),
+                                  ref.event_censored.values.ravel(), cfg["max_steps"])
+        # the tilts differ in the last bit (σ·√S·u vs √(Sσ²)·u), so allow a rare flip;
+        # every other cell's times differ (common random numbers make some agree)
+        same = {k: np.mean(v[0] == t) for k, v in times.items()}
+        assert same[key] >= 0.9, (key, same)
+        assert max(v for k, v in same.items() if k != key) < 0.9, (key, same)
 
 
 def test_step_convention_on_an_exactly_geometric_chain():

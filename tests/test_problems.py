@@ -308,6 +308,36 @@ def test_minibatch_potential_noise_has_the_stated_variance():
                                    (w * w - 1) ** 2 / 4, atol=1e-12)
 
 
+def test_minibatch_potential_noise_scale_is_a_traced_hyperparameter():
+    """``noise_scale`` multiplies every tilt: a problem with noise_var v swept at scale c
+    is the problem with noise_var v·c², in one compiled program; the exact stationary
+    variance of w in the quadratic well, λσ²/(a(2 − λa)) with σ² = v·c²/S, holds at
+    each scale."""
+    kw = dict(n_data=40, batch_size=4, w0=0.0, wall=50.0)
+    problem = P.potential_1d("sharp-well", noise="minibatch", noise_var=1.0, **kw)
+    assert problem.hyperparams == {"noise_scale": 1.0}
+    assert P.potential_1d("sharp-well", noise_var=1.0).hyperparams == {}  # Gaussian: none
+    with jax.enable_x64(True):
+        w = jnp.asarray([-0.7, 0.3, 1.9])
+        for c in (0.5, 3.0):
+            other = P.potential_1d("sharp-well", noise="minibatch", noise_var=c * c, **kw)
+            z, z2 = (jnp.asarray(p.data.init(KEY)) for p in (problem, other))
+            mine = jax.vmap(lambda w, c=c, z=z: problem.loss(w, z[:4], {"noise_scale": c}))(w)
+            ref = jax.vmap(lambda w, z2=z2, o=other: o.loss(w, z2[:4], {}))(w)
+            np.testing.assert_allclose(mine, ref, rtol=1e-12, atol=1e-12)
+    lr, a, S, scales = 0.2, 1.0, 4, [0.5, 2.0]
+    traces = engine.trace_count()
+    ds = sl.run(sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": lr,
+                                                         "noise_scale": scales},
+                         steps=150, seeds=4000, observe=sl.Observe(("w",), num=2)),
+                progress=False)
+    assert engine.trace_count() - traces == 1
+    for c in scales:
+        wT = ds["w"].sel(noise_scale=c).isel(step=-1).values.astype(float)
+        exact = lr * (c * c / S) / (a * (2 - lr * a))
+        within(np.mean(wT * wT), exact, np.std(wT * wT, ddof=1) / math.sqrt(wT.size))
+
+
 # --------------------------------------------------------------------------- Du et al.
 
 

@@ -26,16 +26,27 @@ and there is no Arrhenius fit).
 * ``batch_size`` 1: Gaussian noise ζ ~ N(0, σ²), added by the engine as its
   traced ``noise_std`` hyperparameter (the problem itself carries no noise).
   Because σ depends on both λ and x while the engine's grid is a Cartesian
-  product of named hyperparameters, there is **one study per learning rate**,
-  with ``learning_rate`` fixed and ``noise_std`` swept over the barrier values.
-  Every such study has the same static structure (one problem object, the same
-  shapes and ``max_steps``), so they share one compiled program; member keys
-  depend only on the seed index, so all studies see the same random numbers
-  (common random numbers across λ and x).
+  product of named hyperparameters, there is **one study per learning rate**
+  (``S1_lr{i}``), with ``learning_rate`` fixed and ``noise_std`` swept over the
+  barrier values. Every such study has the same static structure (one problem
+  object, the same shapes and ``max_steps``), so they share one compiled program.
 * ``batch_size`` S > 1: minibatch noise, the mean of S draws (with replacement)
-  from ``N_DATA`` fixed per-example tilts whose empirical variance is S·σ²; the
-  noise variance is static in the problem, so each (S, λ, x) is its own study
-  (with ``noise_var`` given: one study per S with λ in the grid).
+  from ``N_DATA`` fixed per-example tilts, scaled by the problem's traced
+  ``noise_scale`` hyperparameter (:func:`sgdlab.problems.potential_1d`). The
+  tilts have per-example variance S, so the minibatch mean has variance
+  ``noise_scale²`` and ``noise_scale = σ`` does not depend on S. Again one study
+  per learning rate (``minibatch_lr{i}``), ``noise_scale`` swept over the
+  barrier values, and S a **static sweep** (``static={"batch_size": [...]}``:
+  the batch size fixes the shapes of the program, so one program per S, shared
+  by all learning rates; one Dataset with a ``batch_size`` dimension).
+* With ``noise_var`` given: one study ``S1`` with λ in the grid and, for S > 1,
+  one study ``minibatch`` with λ in the grid and the static batch_size sweep
+  (tilts of variance ``noise_var``, ``noise_scale`` 1).
+
+So a run compiles one program for S = 1 plus one per S > 1 (``--dry-run``
+counts them). Member keys depend only on the seed index, so all studies and
+grid points of one S see the same random numbers (common random numbers across
+λ and x).
 
 Summary quantities (checked against exact discrete-time oracles of the same chain
 with the same escape rule; no continuous-time approximation enters a check):
@@ -47,9 +58,11 @@ with the same escape rule; no continuous-time approximation enters a check):
   Nyström solution of ``τ(x) = 1 + ∫ p(x→y) τ(y) dy``
   (:func:`sgdlab.theory.mfpt_nystrom_converged`, Gaussian noise) or, for
   minibatch noise, the same equation with the exact law of the minibatch mean
-  (S-fold convolution of the empirical law of the tilts) solved by collocation
-  with linear interpolation. Step convention: the engine's ``event_step`` is the
-  number of updates after which the walker is first outside the region, which is
+  (S-fold convolution of the empirical law of the tilts, built afresh with
+  their exact per-example variance S·σ² -- not through ``noise_scale`` or the
+  engine) solved by collocation with linear interpolation. Step convention: the
+  engine's ``event_step`` is the number of updates after which the walker is
+  first outside the region, which is
   the τ of the oracle (the walker leaves at step t ≥ 1). The estimator's exact
   target under censoring at ``c = max_steps`` is ``Σ_{t<c} S(t) / (1 − S(c))``
   (S the survival function of the chain, computed from the oracle's kernel); it
@@ -82,6 +95,7 @@ with the same escape rule; no continuous-time approximation enters a check):
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -123,34 +137,63 @@ without a prediction)."""
 
 
 
-def _layout(cfg) -> list[tuple[str, int, float | None, dict, list[tuple[int, int]]]]:
-    """The studies: ``(name, S, per-example noise variance or None, hparams, cells)``.
+class _Entry(NamedTuple):
+    """One study of the run and where its cells lie in its Dataset."""
 
-    ``cells`` lists the (i, j) cell of each flattened grid point, in grid order.
+    name: str
+    sizes: tuple[int, ...] | None  # the static batch_size sweep (S > 1), or None (S = 1)
+    hparams: dict
+    cells: list[tuple[int, int, int]]  # (S, i, j) of each flat row (static dims first)
+
+
+def _layout(cfg) -> list[_Entry]:
+    """The studies, in run order.
+
+    ``cells`` lists the (S, i, j) cell of each row of the study's Dataset flattened
+    over everything but ``seed``: the static ``batch_size`` dimension (minibatch
+    studies) first, then the traced grid in the order of ``hparams``.
     """
     cells = _cells(cfg)
     lrs = cfg["learning_rate"]
     out = []
-    for S in cfg["batch_size"]:
-        mine = [c for c in cells if c.S == S]
-        if S == 1 and _fixed_noise(cfg):
-            out.append((f"S{S}", S, None,
-                        {"learning_rate": list(lrs), "noise_std": math.sqrt(mine[0].s2)},
-                        [(c.i, c.j) for c in mine]))
-        elif S == 1:
+    if 1 in cfg["batch_size"]:
+        mine = [c for c in cells if c.S == 1]
+        if _fixed_noise(cfg):
+            out.append(_Entry("S1", None, {"learning_rate": list(lrs),
+                                           "noise_std": math.sqrt(mine[0].s2)},
+                              [(1, c.i, c.j) for c in mine]))
+        else:
             for i, lr in enumerate(lrs):
                 row = [c for c in mine if c.i == i]
-                out.append((f"S{S}_lr{i}", S, None,
-                            {"learning_rate": lr, "noise_std": [math.sqrt(c.s2) for c in row]},
-                            [(c.i, c.j) for c in row]))
-        elif _fixed_noise(cfg):
-            out.append((f"S{S}", S, cfg["noise_var"], {"learning_rate": list(lrs)},
-                        [(c.i, c.j) for c in mine]))
-        else:
-            for c in mine:
-                out.append((f"S{S}_lr{c.i}_b{c.j}", S, S * c.s2, {"learning_rate": c.lr},
-                            [(c.i, c.j)]))
+                out.append(_Entry(f"S1_lr{i}", None,
+                                  {"learning_rate": lr,
+                                   "noise_std": [math.sqrt(c.s2) for c in row]},
+                                  [(1, c.i, c.j) for c in row]))
+    sizes = tuple(S for S in cfg["batch_size"] if S > 1)
+    if not sizes:
+        return out
+    if _fixed_noise(cfg):
+        out.append(_Entry("minibatch", sizes, {"learning_rate": list(lrs)},
+                          [(S, i, 0) for S in sizes for i in range(len(lrs))]))
+        return out
+    xs = cfg["barrier_over_temperature"]
+    for i, lr in enumerate(lrs):
+        row = [c for c in cells if c.S == sizes[0] and c.i == i]  # σ does not depend on S
+        out.append(_Entry(f"minibatch_lr{i}", sizes,
+                          {"learning_rate": lr, "noise_scale": [math.sqrt(c.s2) for c in row]},
+                          [(S, i, j) for S in sizes for j in range(len(xs))]))
     return out
+
+
+def _minibatch_problem(cfg, S: int):
+    """The minibatch-noise chain with a batch of S; its traced ``noise_scale`` is σ.
+
+    Without ``noise_var`` the tilts have per-example variance S, so that the mean of
+    S of them has variance 1 and ``noise_scale`` = σ = √(2ΔL/(λx)) for every S (one
+    grid for the static batch_size sweep); with ``noise_var`` the tilts have that
+    variance and ``noise_scale`` stays 1.
+    """
+    return _problem(cfg, cfg["noise_var"] if _fixed_noise(cfg) else float(S), S)
 
 
 def _validate(cfg):
@@ -188,19 +231,21 @@ def _studies(cfg, seed):
     if cfg["estimator"] == "splitting":
         return {}  # splitting runs its own compiled programs in analyze (_escape_splitting)
     gaussian = _problem(cfg)  # one object: every Gaussian study shares one compile
-    minibatch: dict[tuple[int, float], object] = {}
+    minibatch = {S: _minibatch_problem(cfg, S) for S in cfg["batch_size"] if S > 1}
+
+    def minibatch_problem(batch_size):  # one object per S: shared by the λ studies
+        return minibatch[batch_size]
+
     studies = {}
-    for name, S, example_var, hp, _ in _layout(cfg):
-        if S == 1:
-            problem = gaussian
+    for e in _layout(cfg):
+        if e.sizes is None:
+            problem, static = gaussian, None
         else:
-            key = (S, example_var)
-            if key not in minibatch:
-                minibatch[key] = _problem(cfg, example_var, S)
-            problem = minibatch[key]
-        studies[name] = engine.Study(
-            problem, Optimizer("sgd"), hp, steps=cfg["max_steps"], seeds=cfg["seeds"],
-            seed=seed, observe=None, first_passage=engine.FirstPassage("escaped", freeze=True))
+            problem, static = minibatch_problem, {"batch_size": list(e.sizes)}
+        studies[e.name] = engine.Study(
+            problem, Optimizer("sgd"), e.hparams, steps=cfg["max_steps"], seeds=cfg["seeds"],
+            seed=seed, observe=None, first_passage=engine.FirstPassage("escaped", freeze=True),
+            static=static)
     return studies
 
 
@@ -243,18 +288,30 @@ def _member_times(cfg, datasets) -> dict[tuple[int, int, int], tuple[np.ndarray,
     the step it diverged at: it had not escaped by then.
     """
     out = {}
-    for name, S, _, _, cells in _layout(cfg):
-        ds = datasets[name]
-        ev = np.asarray(ds.event_step.values).reshape(-1, cfg["seeds"])
-        cens = np.asarray(ds.event_censored.values).reshape(-1, cfg["seeds"])
-        div = np.asarray(ds.diverged_step.values).reshape(-1, cfg["seeds"])
-        steps = int(ds.attrs["steps"])
-        for g, (i, j) in enumerate(cells):
+    for e in _layout(cfg):
+        ev, cens, div = _rows(datasets[e.name], e, cfg["seeds"])
+        for g, key in enumerate(e.cells):
             dv = div[g] >= 0
-            t = analysis.escape_times(ev[g], cens[g], steps)
+            t = analysis.escape_times(ev[g], cens[g], cfg["max_steps"])
             t = np.where(dv & cens[g], div[g], t)
-            out[(S, i, j)] = (t, cens[g], int(np.sum(dv & cens[g])))
+            out[key] = (t, cens[g], int(np.sum(dv & cens[g])))
     return out
+
+
+def _rows(ds, entry: _Entry, seeds: int) -> tuple[np.ndarray, ...]:
+    """``(event_step, event_censored, diverged_step)`` of a study as ``[cell, seed]`` arrays,
+    rows in the order of ``entry.cells``."""
+    dims = (*(("batch_size",) if entry.sizes is not None else ()),
+            *(k for k, v in entry.hparams.items() if np.ndim(v) == 1), "seed")
+    out = []
+    for var in ("event_step", "event_censored", "diverged_step"):
+        da = ds[var]
+        if set(da.dims) != set(dims):
+            raise ValueError(f"escape: {entry.name}.{var} has dims {da.dims}, expected {dims}")
+        if entry.sizes is not None:
+            da = da.sel(batch_size=list(entry.sizes))
+        out.append(np.asarray(da.transpose(*dims).values).reshape(-1, seeds))
+    return tuple(out)
 
 
 def _influence(num: np.ndarray, den: np.ndarray) -> tuple[float, np.ndarray]:
@@ -603,11 +660,10 @@ def _figures(results, summary):
         row = next(r for r in rows if r["learning_rate"] == sv["learning_rate"]
                    and r["batch_size"] == sv["batch_size"]
                    and r["barrier_over_temperature"] == sv["barrier_over_temperature"])
-        name, g = _locate(cfg, row)
-        ds = results[name]
-        ev = np.asarray(ds.event_step.values).reshape(-1, cfg["seeds"])[g]
-        cens = np.asarray(ds.event_censored.values).reshape(-1, cfg["seeds"])[g]
-        t = analysis.escape_times(ev, cens, int(ds.attrs["steps"]))
+        entry, g = _locate(cfg, row)
+        ev, cens, _ = _rows(results[entry.name], entry, cfg["seeds"])
+        ev, cens = ev[g], cens[g]
+        t = analysis.escape_times(ev, cens, cfg["max_steps"])
         km = analysis.kaplan_meier(t, cens)
         tau = sv["tau"]
         km = km._replace(time=km.time / tau, t_max=km.t_max / tau)
@@ -633,15 +689,15 @@ def _figures(results, summary):
     return {"escape": fig}
 
 
-def _locate(cfg, row) -> tuple[str, int]:
-    """The study name and flat grid index holding a cell."""
+def _locate(cfg, row) -> tuple[_Entry, int]:
+    """The study and the row of its cells holding a cell of the summary."""
     i = cfg["learning_rate"].index(row["learning_rate"])
     cells = [c for c in _cells(cfg) if c.S == row["batch_size"] and c.i == i
              and round(c.x, 6) == row["barrier_over_temperature"]]
-    target = (cells[0].i, cells[0].j)
-    for name, S, _, _, layout in _layout(cfg):
-        if S == row["batch_size"] and target in layout:
-            return name, layout.index(target)
+    target = (cells[0].S, cells[0].i, cells[0].j)
+    for e in _layout(cfg):
+        if target in e.cells:
+            return e, e.cells.index(target)
     raise KeyError(row)
 
 

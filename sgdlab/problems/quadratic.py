@@ -247,7 +247,12 @@ def potential_1d(kind: str | Callable = "double-well", *, curvature: float = 1.0
       standard normal draws (``data_seed``) recentred to mean 0 and rescaled to
       ``(1/N) Σ z_i² = noise_var``. The minibatch gradient is ``U'(w) + z̄_B``, noise
       of variance ``noise_var/S`` with replacement and ``noise_var/S·(N-S)/(N-1)``
-      without (``config["gradient_noise_var"]``); not Gaussian.
+      without (``config["gradient_noise_var"]``); not Gaussian. The problem declares
+      the traced hyperparameter ``noise_scale`` (default 1): every tilt is
+      multiplied by it, so the per-example variance is ``noise_var·noise_scale²``
+      and the gradient-noise variance ``gradient_noise_var·noise_scale²``
+      (``config`` and ``data.init`` describe the default scale 1). Sweeping it in
+      a Study's grid changes the noise level without a new compiled program.
 
     Escape is checked after each step: the event ``escaped`` holds when w is
     outside the non-escaped region (``sl.FirstPassage("escaped")``); the same
@@ -323,7 +328,8 @@ def potential_1d(kind: str | Callable = "double-well", *, curvature: float = 1.0
     def loss(w, b, hp):
         if noise == "gaussian":
             return U(w) + sigma * b[0] * w
-        return U(w) + jnp.mean(b) * w
+        scale = hp["noise_scale"] if "noise_scale" in hp else 1.0
+        return U(w) + scale * jnp.mean(b) * w
 
     def escaped(o: Observation):
         return (o.params < lo) | (o.params > hi)
@@ -339,4 +345,5 @@ def potential_1d(kind: str | Callable = "double-well", *, curvature: float = 1.0
                 "batch_size": batch_size if noise == "minibatch" else 1,
                 "mode": mode if noise == "minibatch" else "online", "init_scale": init_scale,
                 "data_seed": data_seed},
+        hyperparams={"noise_scale": 1.0} if noise == "minibatch" else {},
     )
