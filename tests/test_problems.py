@@ -636,6 +636,19 @@ def test_regularized_two_layer_rebuilt_with_new_data_does_not_retrace():
     assert make(0, reg=2.0).hyperparams == {"reg": 2.0}
 
 
+def test_regularized_two_layer_near_and_far_starts_share_a_program():
+    """W₀ = 0 and the Dirac start W₀ = c·1 differ only in an array: one compiled program."""
+    def make(init, init_scale=1.0):
+        return P.regularized_two_layer(3, reg=0.3, n_data=8, dim=2, data_seed=0, init=init,
+                                       init_scale=init_scale)
+    rebuild_reuses_the_program(make, {"init": "zeros"}, {"init": "far", "init_scale": 2.5},
+                               observe=("empirical_loss",), hp={"learning_rate": 0.1})
+    np.testing.assert_array_equal(make("zeros").init(jax.random.key(0)), np.zeros((3, 2)))
+    np.testing.assert_array_equal(make("far", 2.5).init(jax.random.key(0)), np.full((3, 2), 2.5))
+    w = make("normal", 2.0).init(jax.random.key(0))
+    np.testing.assert_array_equal(w, 2.0 * jax.random.normal(jax.random.key(0), (3, 2)))
+
+
 def test_indicator_target_rebuilt_with_a_new_start_does_not_retrace():
     def make(a0):
         return P.indicator_target("ramp", a0=a0, n_eval=64, batch_size=4)

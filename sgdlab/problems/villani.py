@@ -98,11 +98,13 @@ def regularized_two_layer(width: int, *, reg: float, activation: str = "sigmoid"
     else:
         yn = rng.standard_normal(n_data)
     idx = indexer(n_data, batch_size, mode)
-    arrays = {"X": Xn, "y": yn, "a": an, "reg": np.asarray(reg)}
+    # the start's scale is an array too, and W₀ = 0 is the Dirac law at 0: a near and a far
+    # start of the same shapes then share one compiled program
+    law, scale = ("far", 0.0) if init == "zeros" else (init, init_scale)
+    arrays = {"X": Xn, "y": yn, "a": an, "reg": np.asarray(reg), "init_scale": np.asarray(scale)}
     problem = Problem.from_arrays(functools.partial(
-        _regularized_two_layer, width=width, dim=dim, activation=activation, init=init,
-        init_scale=init_scale, reduction=reduction, n_data=n_data, batch_size=idx.batch_size,
-        mode=mode), arrays)
+        _regularized_two_layer, width=width, dim=dim, activation=activation, init=law,
+        reduction=reduction, n_data=n_data, batch_size=idx.batch_size, mode=mode), arrays)
     return dataclasses.replace(
         problem, hyperparams={"reg": reg},
         config={"width": width, "reg": reg, "activation": activation, "n_data": n_data,
@@ -113,19 +115,18 @@ def regularized_two_layer(width: int, *, reg: float, activation: str = "sigmoid"
 
 
 def _regularized_two_layer(arrays, *, width: int, dim: int, activation: str, init: str,
-                           init_scale: float, reduction: str, n_data: int, batch_size: int,
+                           reduction: str, n_data: int, batch_size: int,
                            mode: str) -> Problem:
     """The functions of :func:`regularized_two_layer` around its arrays: the data set X, y,
-    the output weights a and the default λ (``reg``)."""
+    the output weights a, the default λ (``reg``) and the initial law's scale."""
     idx = indexer(n_data, batch_size, mode)
 
     def init_fn(key):
         shape = (width, dim)
-        if init == "zeros":
-            return jnp.zeros(shape)
+        scale = _float(arrays["init_scale"])
         if init == "far":
-            return jnp.full(shape, init_scale)
-        return init_scale * jax.random.normal(key, shape)
+            return jnp.full(shape, scale)
+        return scale * jax.random.normal(key, shape)
 
     def apply(W, x):
         return models.two_layer_apply(W, _float(arrays["a"]), x, activation)
