@@ -666,3 +666,31 @@ def test_indicator_target_rebuilt_with_a_new_start_does_not_retrace():
     np.testing.assert_array_equal(first["pointwise_error"].values,
                                   again["pointwise_error"].values)
 
+
+
+def test_constant_target_value_is_a_swept_hyperparameter():
+    """ξ in the grid: one compiled program, each grid point the run of a problem built with
+    that ξ (float64), and the exact 1-D risk moves with it."""
+    def study(problem, hp):
+        return sl.Study(problem, sl.Optimizer("sgd"), hp, steps=30, seeds=4,
+                        observe=sl.Observe(("risk", "loss"), at=(0, 10, 30)))
+    with jax.enable_x64(True):
+        sizes = (1, 4, 1)
+        problem = P.constant_target(sizes)
+        swept = sl.run(study(problem, {"learning_rate": 0.05, "target_value": [0.0, 0.7]}),
+                       progress=False)
+        n = engine.trace_count()
+        again = sl.run(study(problem,
+                             {"learning_rate": 0.05, "target_value": [0.3, 1.2]}),
+                       progress=False)
+        assert engine.trace_count() == n  # a new ξ grid: no new trace
+        for i, xi in enumerate((0.0, 0.7)):
+            one = sl.run(study(P.constant_target(sizes, target_value=xi),
+                               {"learning_rate": 0.05}), progress=False)
+            for name in ("risk", "loss"):
+                got = swept[name].isel(target_value=i).values
+                np.testing.assert_allclose(got, one[name].values.reshape(got.shape),
+                                           rtol=1e-12, atol=1e-14)
+        # the risk at step 0 is E[(N(X) − ξ)²] of the same initial nets: it depends on ξ
+        r0 = again["risk"].isel(step=0).values
+        assert not np.allclose(r0[..., 0, :], r0[..., 1, :])

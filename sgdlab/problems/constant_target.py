@@ -65,7 +65,9 @@ def constant_target(sizes: Sequence[int], *, target_value: float = 0.0, inputs: 
 
     Args:
       sizes: ``(d, h_1, ..., h_L, 1)``.
-      target_value: ξ.
+      target_value: ξ; also a declared hyperparameter of the problem, so a Study's grid
+        can sweep it (``{"learning_rate": ..., "target_value": [0.0, 0.5]}``), traced:
+        one compiled program for the whole sweep.
       inputs: ``"uniform"`` on ``box^d`` or ``"gaussian"`` N(0, I).
       box: ``(low, high)``.
       batch_size: fresh i.i.d. inputs per step.
@@ -142,8 +144,11 @@ def constant_target(sizes: Sequence[int], *, target_value: float = 0.0, inputs: 
     def apply(params, x):
         return models.mlp_apply(params, x, "relu")
 
+    def xi(hp):  # the target: a declared hyperparameter, so a grid can sweep it (traced)
+        return hp["target_value"] if "target_value" in hp else target_value
+
     def loss(params, x, hp):
-        return losses.squared_error(apply(params, x), target_value, reduction)
+        return losses.squared_error(apply(params, x), xi(hp), reduction)
 
     def data_init(key):
         if not has_sample:
@@ -155,23 +160,22 @@ def constant_target(sizes: Sequence[int], *, target_value: float = 0.0, inputs: 
     def batch(data, key, t):
         return sample_x(jax.random.fold_in(key, t), batch_size)
 
-    def exact_risk(params):
-        return models.relu_risk_1d(params, target_value, lo, hi, weight=inputs,
-                                   max_kinks=max_kinks)
+    def exact_risk(params, hp):
+        return models.relu_risk_1d(params, xi(hp), lo, hi, weight=inputs, max_kinks=max_kinks)
 
-    def sq_err(params, data):
-        return (apply(params, data["eval_x"]) - target_value) ** 2
+    def sq_err(params, data, hp):
+        return (apply(params, data["eval_x"]) - xi(hp)) ** 2
 
     def risk(params, data, hp):
         if exact:
-            return c * exact_risk(params)[0]
-        return c * jnp.mean(sq_err(params, data))
+            return c * exact_risk(params, hp)[0]
+        return c * jnp.mean(sq_err(params, data, hp))
 
     def sample_risk(o: Observation):
-        return c * jnp.mean(sq_err(o.params, o.data))
+        return c * jnp.mean(sq_err(o.params, o.data, o.hp))
 
     def sample_se(o: Observation):
-        e = c * sq_err(o.params, o.data)
+        e = c * sq_err(o.params, o.data, o.hp)
         return jnp.std(e) / jnp.sqrt(e.shape[0])
 
     def risk_se(o: Observation):
@@ -184,13 +188,14 @@ def constant_target(sizes: Sequence[int], *, target_value: float = 0.0, inputs: 
         observables["risk_sample"] = sample_risk
         observables["risk_sample_se"] = sample_se
     if exact:
-        observables["n_kinks"] = lambda o: exact_risk(o.params)[1].astype(o.params[0][0].dtype)
+        observables["n_kinks"] = lambda o: exact_risk(o.params, o.hp)[1].astype(
+            o.params[0][0].dtype)
     source = data_lib.DataSource(init=data_init, batch=batch, shared=eval_sample != "per_seed",
                                  batch_size=batch_size,
                                  description=f"online {inputs} inputs, constant target")
     return Problem(
         name="constant_target", init=init_fn, loss=loss, data=source, risk=risk, apply=apply,
-        observables=observables,
+        observables=observables, hyperparams={"target_value": target_value},
         config={"sizes": list(sizes), "target_value": target_value, "inputs": inputs,
                 "box": [low, high], "batch_size": batch_size, "reduction": reduction,
                 "init": init, "bias_scale": bias_scale, "output_bias": output_bias,
