@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,11 +19,13 @@ import pytest
 import xarray as xr
 
 from sgdlab.engine import STREAM_VERSION
+from tests._ports import coordinator_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = textwrap.dedent("""
-    import json, signal, sys, time
+    import faulthandler, json, signal, sys, time
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks where a hang is
     import jax
     pid, n, port, ckpt, out, cfg = (int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4],
                                     sys.argv[5], json.loads(sys.argv[6]))
@@ -59,12 +60,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env():
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     env.pop("JAX_NUM_CPU_DEVICES", None)
@@ -77,7 +72,7 @@ class _Job:
     """n worker processes of one distributed job; output to files (no pipe can block)."""
 
     def __init__(self, script, n, ckpt, out, **cfg):
-        port = str(_free_port())
+        port = str(coordinator_port())
         ckpts = ckpt if isinstance(ckpt, list) else [ckpt] * n
         self.files = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
                       for _ in range(n)]
@@ -87,9 +82,26 @@ class _Job:
             for i, (o, e) in enumerate(self.files)]
 
     def wait(self, timeout=180):
+        t0 = time.monotonic()
+        try:
+            for p in self.procs:
+                p.wait(timeout=max(1.0, timeout - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            # a hang: every worker still running prints its Python stacks, then the test
+            # fails with what each worker printed
+            for p in self.procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGUSR1)
+            time.sleep(2.0)
+            self.kill()
+            pytest.fail(f"the job did not finish in {timeout} s:\n" + "\n".join(
+                f"--- worker {i} (rc {rc}) stdout:\n{o[-2000:]}\n--- stderr:\n{e[-6000:]}"
+                for i, (rc, o, e) in enumerate(self._read())))
+        return self._read()
+
+    def _read(self):
         outs = []
         for p, (o, e) in zip(self.procs, self.files, strict=True):
-            p.wait(timeout=timeout)
             o.seek(0)
             e.seek(0)
             outs.append((p.returncode, o.read(), e.read()))
@@ -234,7 +246,7 @@ def test_sigterm_stops_both_with_checkpoint_and_changed_config_refused(setup, tm
 def _two_cli_processes(args):
     """``sgdlab ARGS`` as processes 0 and 1 of one job; yields ``(procs, [(stdout, stderr)])``
     (temporary files) and kills whatever still runs on exit."""
-    port = str(_free_port())
+    port = str(coordinator_port())
     files = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in range(2)]
     procs = []
     try:

@@ -107,6 +107,40 @@ def test_common_random_numbers_same_init_across_grid():
     assert not np.array_equal(th0[0, 0], th0[0, 1])
 
 
+def test_calls_sized_by_time_change_no_bit_and_compile_once(monkeypatch):
+    """The run loop sizes each call of the segment program by time (several segments per
+    call): one segment per call and many per call give the same bits, from one compile."""
+    from sgdlab.engine import _loop  # white-box: the pacer's target time
+
+    study = sl.Study(sl.problems.noisy_quadratic([1.0, 0.5], [0.5, 0.2], w0=1.0),
+                     sl.Optimizer("momentum"), {"learning_rate": [0.1, 0.3], "momentum": 0.5},
+                     steps=400, seeds=12, segment_steps=10, block_seeds=4,
+                     observe=sl.Observe(("loss", "w"), num=9),
+                     stationary=sl.Stationary(("loss",), burn_in=50),
+                     first_passage=sl.FirstPassage(lambda o: o.loss < 0.01))
+    counts = []
+    call = _loop._Pacer.call
+
+    def spy(self, prog, carry, t0, k, *a):
+        counts.append((t0, k))
+        return call(self, prog, carry, t0, k, *a)
+
+    monkeypatch.setattr(_loop._Pacer, "call", spy)
+    runs = []
+    for pace in (0.0, 1e9):  # one segment per call; as many as allowed (x16 per call)
+        monkeypatch.setattr(_loop, "PACE_S", pace)
+        counts.clear()
+        before = engine.TRACE_COUNT
+        runs.append(sl.run(study, progress=False))
+        traces = engine.TRACE_COUNT - before
+        if pace == 0.0:
+            assert [k for _, k in counts] == [1] * 40 and traces == 1
+        else:  # the first call runs one segment, then 16, then the remaining 23
+            assert counts == [(0, 1), (10, 16), (170, 23)] and traces == 0
+    for v in runs[0].data_vars:
+        assert np.array_equal(runs[0][v].values, runs[1][v].values, equal_nan=True), v
+
+
 def test_new_grid_of_same_shape_does_not_retrace():
     study = mlp_study(lrs=(0.01, 0.02))
     sl.run(study, progress=False)

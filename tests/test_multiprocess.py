@@ -2,7 +2,6 @@
 results of one process."""
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -10,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+
+from tests._ports import coordinator_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,18 +35,12 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_bitwise_equal_one(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("JAX_NUM_CPU_DEVICES", None)
-    port = str(_free_port())
+    port = str(coordinator_port())
     procs = [subprocess.Popen([sys.executable, str(script), str(i), "2", port,
                                str(tmp_path / "two.zarr")], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]

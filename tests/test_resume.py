@@ -160,10 +160,17 @@ def test_summary_json_is_never_partial(tmp_path):
     assert json.loads((out / "summary.json").read_text()) == {"ok": True}
 
 
-def interrupt_at(study, ckpt, tick_number):
-    """Run ``study`` with a stop request at the ``tick_number``-th progress tick."""
+def interrupt_at(study, ckpt, tick_number, pace=0.0):
+    """Run ``study`` with a stop request at the ``tick_number``-th progress tick.
+
+    A tick follows each call of the segment program; the run loop sizes calls to about
+    ``pace`` seconds of work: with 0, every call (and tick) is one segment.
+    """
+    from sgdlab.engine import _loop  # white-box: the pacer's target time
+
     calls = {"n": 0}
-    real = sl.engine.Progress.tick
+    real, real_pace = sl.engine.Progress.tick, _loop.PACE_S
+    _loop.PACE_S = pace
 
     def tick(self, n=1, note=""):
         calls["n"] += 1
@@ -176,7 +183,7 @@ def interrupt_at(study, ckpt, tick_number):
         with pytest.raises(sl.engine.Interrupted):
             sl.run(study, progress=False, checkpoint=ckpt)
     finally:
-        sl.engine.Progress.tick = real
+        sl.engine.Progress.tick, _loop.PACE_S = real, real_pace
         sl.engine.clear_stop()
 
 
@@ -191,7 +198,8 @@ def running_max():
     return module.RunningMax()
 
 
-def test_engine_checkpoint_resume_in_process(tmp_path):
+@pytest.mark.parametrize("pace", [0.0, 1e9])
+def test_engine_checkpoint_resume_in_process(tmp_path, pace):
     RunningMax = running_max
 
     problem = sl.problems.noisy_quadratic(1.0, 1.0)
@@ -202,9 +210,14 @@ def test_engine_checkpoint_resume_in_process(tmp_path):
                      stationary=sl.Stationary(("w2",), burn_in=50), recorders=(RunningMax(),))
     ref = sl.run(study, progress=False)
     ckpt = sl.engine.Checkpoint(tmp_path / "c.npz", every_seconds=1e9, every_steps=60)
-    interrupt_at(study, ckpt, 33)  # in the middle of the second chunk
+    # in the middle of the second chunk: one segment per call, or many per call (stopping
+    # where the step-based checkpoint falls due)
+    interrupt_at(study, ckpt, 33 if pace == 0 else 10, pace=pace)
     meta = ckpt.read()[0]
-    assert (meta["chunk"], meta["segment"]) == (1, 13)
+    if pace == 0:
+        assert (meta["chunk"], meta["segment"]) == (1, 13)
+    else:
+        assert meta["chunk"] == 1 and 0 < meta["segment"] < 20
     assert meta["stream"] == sl.engine.STREAM_VERSION
     resumed = sl.run(study, progress=False, checkpoint=ckpt)
     assert "max_abs_w" in resumed and "sum_abs_w" in resumed  # the user recorder resumed too

@@ -20,8 +20,11 @@ shape) and runs every member through it:
   with arrays of the same shapes, reuses the compiled program
   (:func:`trace_count` counts traces). Compiled programs are also kept on disk
   (:func:`compile_cache`), so a rerun in a new process does not compile.
-* Steps run in segments (one call of the compiled segment each, a progress tick
-  per segment; checkpoints go at segment boundaries).
+* Steps run in segments; checkpoints and stop requests go at segment boundaries.
+  One call of the compiled program runs as many segments as fit in about a second
+  (fewer when a checkpoint falls due sooner): the count is a traced argument, so
+  it costs no compile, and results do not depend on it. Calls are the run's only
+  host synchronization (a progress tick each).
 * Recording never stores trajectories unless asked: :class:`Observe` records
   observables at chosen steps (per member and/or streamed ensemble statistics),
   :class:`Stationary` accumulates post-burn-in time averages in batches (batch

@@ -260,11 +260,23 @@ class _Program:
         records = tuple(r.init(self, members, hp, data, valid) for r in self.recorders)
         return Carry(members, records, data)
 
-    def _segment(self, carry: Carry, t0, hp, seed_index, valid, base_seed, arrays=None):
+    def _segment(self, carry: Carry, t0, hp, seed_index, valid, base_seed, arrays=None,
+                 n_segments=None):
+        """``n_segments`` (traced; default 1) consecutive segments from step ``t0``.
+
+        The count is an argument of the one compiled program, so the run loop sizes
+        each call by time (see ``_loop._Pacer``) without compiling again; the steps
+        are the same computation whatever the count, so results do not depend on it.
+        """
         global TRACE_COUNT
         TRACE_COUNT += 1
-        return self._traced(self._segment_body, arrays, carry, t0, hp, seed_index, valid,
-                            base_seed)
+        n = jnp.int32(1) if n_segments is None else n_segments
+        S = self.segment_steps
+
+        def one(i, c):
+            return self._traced(self._segment_body, arrays, c, t0 + i * S, hp, seed_index,
+                                valid, base_seed)
+        return jax.lax.fori_loop(jnp.int32(0), jnp.asarray(n, jnp.int32), one, carry)
 
     def _segment_body(self, carry: Carry, t0, hp, seed_index, valid, base_seed):
         problem = self.problem

@@ -98,7 +98,7 @@ def _shard(prog: _Program, devices: int):
     init = jax.jit(jax.shard_map(prog._init, mesh=mesh, in_specs=(rep, seeds, seeds, rep, rep),
                                  out_specs=carry_spec, check_vma=False))
     segment = jax.jit(jax.shard_map(
-        prog._segment, mesh=mesh, in_specs=(carry_spec, rep, rep, seeds, seeds, rep, rep),
+        prog._segment, mesh=mesh, in_specs=(carry_spec, rep, rep, seeds, seeds, rep, rep, rep),
         out_specs=carry_spec, check_vma=False))
 
     def put(tree, spec):
@@ -110,9 +110,11 @@ def _shard(prog: _Program, devices: int):
         return init(put(hp, rep), put(seed_index, seeds), put(valid, seeds), put(base_seed, rep),
                     put(arrays, rep))
 
-    def sharded_segment(carry, t0, hp, seed_index, valid, base_seed, arrays=None):
+    def sharded_segment(carry, t0, hp, seed_index, valid, base_seed, arrays=None,
+                        n_segments=None):
         return segment(put(carry, carry_spec), put(t0, rep), put(hp, rep), put(seed_index, seeds),
-                       put(valid, seeds), put(base_seed, rep), put(arrays, rep))
+                       put(valid, seeds), put(base_seed, rep), put(arrays, rep),
+                       put(n_segments, rep))
 
     sharded_init.lower = lambda *a: init.lower(*a)  # for memory analysis / dry runs
     sharded_segment.lower = lambda *a: segment.lower(*a)
@@ -175,6 +177,38 @@ def _probe(study: Study, segment: int) -> tuple[int, float, float]:
     return int(total / (2 * b)), t1 - t0, t2 - t1
 
 
+_PER_SEED: dict[tuple, int] = {}
+"""Quick per-seed byte estimates of recent plans, by static configuration (a plan traces the
+initial state for it, which costs a small study more than running it)."""
+
+
+def _quick_bytes_per_seed(study: Study, segment: int) -> int:
+    """The quick estimate of a seed's bytes (see :func:`plan`), cached per configuration."""
+    arrays = _arrays(study)
+    key = (_static_key(study, study.block, segment, 1),
+           tuple((x.shape, str(x.dtype)) for x in jax.tree_util.tree_leaves(arrays)))
+    if key in _PER_SEED:
+        return _PER_SEED[key]
+    b = study.block
+    probe = _Program(study, b, segment)
+    hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
+    carry = jax.eval_shape(probe._init, hp, jnp.zeros(b, jnp.int32), jnp.ones(b, bool),
+                           jnp.uint32(study.seed), arrays)
+    per_seed = (3 * _tree_bytes(carry.members) + _tree_bytes(carry.records)) / b
+    shared = study.problem.data.shared
+    per_seed += _tree_bytes(carry.data) / (1 if shared else b)  # shared data broadcast per seed
+    data_one = carry.data if shared else jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), carry.data)
+    batch = jax.eval_shape(lambda d: study.problem.data.batch(d, jax.random.key(0), jnp.int32(1)),
+                           data_one)
+    per_seed += 4 * _tree_bytes(batch) * study.n_grid
+    per_seed = int(per_seed)
+    _PER_SEED[key] = per_seed
+    while len(_PER_SEED) > 64:
+        _PER_SEED.pop(next(iter(_PER_SEED)))
+    return per_seed
+
+
 def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None = None,
          devices: int | None = None, measure: bool | None = None) -> Plan:
     """Lay a study out in chunks, device shards and segments; estimate the memory.
@@ -199,19 +233,7 @@ def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None 
     segment = study.segment_steps or max(1, -(-study.steps // 20))
     segment = min(segment, study.steps)
     b = study.block
-    probe = _Program(study, b, segment)
-    hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
-    carry = jax.eval_shape(probe._init, hp, jnp.zeros(b, jnp.int32), jnp.ones(b, bool),
-                           jnp.uint32(study.seed), _arrays(study))
-    per_seed = (3 * _tree_bytes(carry.members) + _tree_bytes(carry.records)) / b
-    shared = study.problem.data.shared
-    per_seed += _tree_bytes(carry.data) / (1 if shared else b)  # shared data broadcast per seed
-    data_one = carry.data if shared else jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), carry.data)
-    batch = jax.eval_shape(lambda d: study.problem.data.batch(d, jax.random.key(0), jnp.int32(1)),
-                           data_one)
-    per_seed += 4 * _tree_bytes(batch) * study.n_grid
-    per_seed = int(per_seed)
+    per_seed = _quick_bytes_per_seed(study, segment)
     budget = memory_budget or study.memory_budget or default_memory_budget()
     # the quick estimate can miss several-fold; measure unless it is far below the budget
     roomy = 8 * per_seed * study.seeds <= budget * devices

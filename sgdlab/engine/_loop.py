@@ -44,6 +44,54 @@ def clear_stop() -> None:
 CHECKPOINT_LAYOUT = 2
 """How finished chunks are stored in a checkpoint (2: one part per recorder, by name)."""
 
+PACE_S = 1.0
+"""Wall time one call of the segment program aims at (see :class:`_Pacer`)."""
+
+
+class _Pacer:
+    """How many segments the next call of the segment program runs.
+
+    A call is the only host synchronization of a run (progress, stop requests and
+    checkpoints happen between calls), so a call should carry about ``PACE_S`` of
+    work, or less when a checkpoint falls due sooner. The count is a traced argument
+    of the one compiled program: any count costs no compile, and the results are
+    the same bits whatever the counts were (random streams follow step numbers).
+    The first call of a run runs one segment; later ones are sized from the last
+    call's time per segment (at most 16 times the last count, so that a first call
+    that compiled, or a noisy measurement, cannot overshoot far).
+    """
+
+    def __init__(self, ckpt: Checkpoint | None = None, segment_steps: int = 1,
+                 target_s: float | None = None):
+        self.ckpt, self.segment_steps = ckpt, segment_steps
+        target_s = PACE_S if target_s is None else target_s
+        self.target_s = target_s if ckpt is None else min(target_s, ckpt.every_seconds)
+        self.per_segment: float | None = None
+        self.last = 1
+
+    def count(self, remaining: int, global_step: int) -> int:
+        """Segments for the next call, ``remaining`` left in the chunk, at ``global_step``
+        (the checkpoint's step count: ``chunk * steps + segment * segment_steps``)."""
+        if self.per_segment is None:
+            return 1
+        k = min(int(self.target_s / max(self.per_segment, 1e-9)), 16 * self.last, remaining)
+        ckpt = self.ckpt
+        if ckpt is not None:
+            if ckpt.every_steps is not None:  # stop where the step-based checkpoint is due
+                k = min(k, -(-(ckpt.last_step + ckpt.every_steps - global_step)
+                             // self.segment_steps))
+            left = ckpt.every_seconds - (time.perf_counter() - ckpt.last_time)
+            k = min(k, int(left / max(self.per_segment, 1e-9)))
+        return max(1, k)
+
+    def call(self, prog: _Program, carry, t0: int, k: int, *args):
+        """Run ``k`` segments from step ``t0`` and wait for them; times the call."""
+        t = time.perf_counter()
+        carry = prog.segment(carry, jnp.int32(t0), *args, n_segments=jnp.int32(k))
+        jax.block_until_ready(carry.members.diverged_step)
+        self.per_segment, self.last = (time.perf_counter() - t) / k, k
+        return carry
+
 
 def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
         memory_budget: int | None = None, devices: int | None = None,
@@ -135,6 +183,7 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
         ckpt.write(meta, {str(i): ch for i, ch in enumerate(chunks)}, carry,
                    c * study.steps + seg * p.segment_steps)
 
+    pacer = _Pacer(ckpt, p.segment_steps)
     nproc = jax.process_count()
     if nproc > 1:
         chunks = _run_multiprocess(prog, p, hp, base_seed, bar, study.seeds, arrays)
@@ -146,11 +195,13 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
             carry, first = carry0, start_seg
         else:
             carry, first = prog.init(hp, seed_index, valid_j, base_seed, arrays), 0
-        for seg in range(first, p.segments):
-            carry = prog.segment(carry, jnp.int32(seg * p.segment_steps), hp, seed_index,
-                                 valid_j, base_seed, arrays)
-            jax.block_until_ready(carry.members.diverged_step)
-            bar.tick(1, f"chunk {c + 1}/{p.chunks}")
+        seg = first
+        while seg < p.segments:
+            k = pacer.count(p.segments - seg, c * study.steps + seg * p.segment_steps)
+            carry = pacer.call(prog, carry, seg * p.segment_steps, k, hp, seed_index, valid_j,
+                               base_seed, arrays)
+            seg += k - 1  # the segment this call ended with
+            bar.tick(k, f"chunk {c + 1}/{p.chunks}")
             last = seg + 1 == p.segments
             if _STOP["requested"]:
                 bar.close()
@@ -165,6 +216,7 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
             if ckpt is not None and not last and ckpt.due(c * study.steps + (seg + 1)
                                                           * p.segment_steps):
                 save(c, seg + 1, carry)
+            seg += 1
         chunks.append(_collect(prog, carry, valid))
         if ckpt is not None and c + 1 < p.chunks and ckpt.due((c + 1) * study.steps):
             save(c + 1, 0, None)
@@ -301,6 +353,7 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
                    label=label, work_per_tick=p.chunk_seeds * study.n_grid * p.segment_steps)
     t_start = time.perf_counter()
     template = None
+    pacer = _Pacer(ckpt, p.segment_steps)
 
     def stop_seen() -> bool:
         if _STOP["requested"]:
@@ -335,11 +388,13 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
                                                  [jnp.asarray(x) for x in leaves])
         else:
             carry = prog.init(hp, seed_index, valid_j, base_seed, arrays)
-        for seg in range(first, p.segments):
-            carry = prog.segment(carry, jnp.int32(seg * p.segment_steps), hp, seed_index,
-                                 valid_j, base_seed, arrays)
-            jax.block_until_ready(carry.members.diverged_step)
-            bar.tick(1, f"chunk {c + 1}/{p.chunks}, process {co.pid + 1}/{co.nproc}")
+        seg = first
+        while seg < p.segments:
+            k = pacer.count(p.segments - seg, c * study.steps + seg * p.segment_steps)
+            carry = pacer.call(prog, carry, seg * p.segment_steps, k, hp, seed_index, valid_j,
+                               base_seed, arrays)
+            seg += k - 1  # the segment this call ended with
+            bar.tick(k, f"chunk {c + 1}/{p.chunks}, process {co.pid + 1}/{co.nproc}")
             if seg + 1 == p.segments:
                 store.write_chunk(c, _collect(prog, carry, valid), part_meta)
                 if stop_seen():
@@ -353,6 +408,7 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
                 ckpt.writes += 1
                 if co.pid == 0:
                     store.write_manifest(_manifest(config, p, store.scan()[0], co.nproc))
+            seg += 1
     co.set(f"finished/{co.pid}")
     while True:  # wait for the others' chunks, or a stop request
         outcome = co.try_get("outcome")
@@ -426,17 +482,20 @@ def _run_multiprocess(prog: _Program, p: Plan, hp, base_seed, bar: Progress, see
 
     nproc, pid = jax.process_count(), jax.process_index()
     chunks = []
+    pacer = _Pacer(None, p.segment_steps)
     bar.total = -(-p.chunks // nproc) * p.segments
     for r in range(-(-p.chunks // nproc)):
         c = r * nproc + pid  # may be past the last chunk: then all its seeds are padding
         idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
         seed_index, valid = jnp.asarray(idx, jnp.int32), jnp.asarray(idx < seeds)
         carry = prog.init(hp, seed_index, valid, base_seed, arrays)
-        for seg in range(p.segments):
-            carry = prog.segment(carry, jnp.int32(seg * p.segment_steps), hp, seed_index, valid,
-                                 base_seed, arrays)
-            jax.block_until_ready(carry.members.diverged_step)
-            bar.tick(1, f"round {r + 1}, process {pid + 1}/{nproc}")
+        seg = 0
+        while seg < p.segments:
+            k = pacer.count(p.segments - seg, 0)
+            carry = pacer.call(prog, carry, seg * p.segment_steps, k, hp, seed_index, valid,
+                               base_seed, arrays)
+            seg += k
+            bar.tick(k, f"round {r + 1}, process {pid + 1}/{nproc}")
         leaves, treedef = jax.tree_util.tree_flatten(jax.device_get(carry))
         gathered = [np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=False))
                     for x in leaves]

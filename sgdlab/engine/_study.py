@@ -63,7 +63,8 @@ class Study:
       seed: the base seed of every key.
       divergence_bound: a member whose largest |parameter| exceeds it is frozen
         and flagged (non-finite values always are).
-      segment_steps: steps per compiled segment (default: about 20 segments).
+      segment_steps: steps per segment, the unit of checkpoints and stop requests
+        (default: about 20 segments); a call of the compiled program runs several.
       chunk_size: seeds per chunk (default: from ``memory_budget``).
       memory_budget: bytes a chunk may use (default: a quarter of the RAM, at
         most 4 GiB, on CPU; half of the free memory on an accelerator).
