@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
-from sgdlab._files import TMP_MARK, atomic_npz
+from sgdlab._files import TMP_MARK, atomic_npz, atomic_text
 
 
 def _flatten(tree, prefix="") -> dict[str, np.ndarray]:
@@ -116,13 +116,7 @@ class ChunkStore:
 
     def write_token(self) -> str:
         token = os.urandom(16).hex()
-        path = os.path.join(self.dir, "token")
-        tmp = f"{path}{TMP_MARK}{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(token)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_text(os.path.join(self.dir, "token"), token)
         return token
 
     def read_token(self) -> str | None:
