@@ -84,6 +84,18 @@ class _Pacer:
             k = min(k, int(left / max(self.per_segment, 1e-9)))
         return max(1, k)
 
+    def calls(self, prog: _Program, carry, first: int, segments: int, base_step: int, args):
+        """Run a chunk's segments ``first..segments-1`` in calls; after each call yield
+        ``(carry, the last segment it ran, how many it ran)``. ``base_step`` is the
+        chunk's first global step (``chunk * steps``), ``args`` the program's other
+        arguments (``hp, seed_index, valid, base_seed, arrays``)."""
+        seg = first
+        while seg < segments:
+            k = self.count(segments - seg, base_step + seg * self.segment_steps)
+            carry = self.call(prog, carry, seg * self.segment_steps, k, *args)
+            seg += k
+            yield carry, seg - 1, k
+
     def call(self, prog: _Program, carry, t0: int, k: int, *args):
         """Run ``k`` segments from step ``t0`` and wait for them; times the call."""
         t = time.perf_counter()
@@ -195,12 +207,9 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
             carry, first = carry0, start_seg
         else:
             carry, first = prog.init(hp, seed_index, valid_j, base_seed, arrays), 0
-        seg = first
-        while seg < p.segments:
-            k = pacer.count(p.segments - seg, c * study.steps + seg * p.segment_steps)
-            carry = pacer.call(prog, carry, seg * p.segment_steps, k, hp, seed_index, valid_j,
-                               base_seed, arrays)
-            seg += k - 1  # the segment this call ended with
+        start = carry
+        for carry, seg, k in pacer.calls(prog, start, first, p.segments, c * study.steps,
+                                         (hp, seed_index, valid_j, base_seed, arrays)):
             bar.tick(k, f"chunk {c + 1}/{p.chunks}")
             last = seg + 1 == p.segments
             if _STOP["requested"]:
@@ -216,7 +225,6 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
             if ckpt is not None and not last and ckpt.due(c * study.steps + (seg + 1)
                                                           * p.segment_steps):
                 save(c, seg + 1, carry)
-            seg += 1
         chunks.append(_collect(prog, carry, valid))
         if ckpt is not None and c + 1 < p.chunks and ckpt.due((c + 1) * study.steps):
             save(c + 1, 0, None)
@@ -388,12 +396,9 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
                                                  [jnp.asarray(x) for x in leaves])
         else:
             carry = prog.init(hp, seed_index, valid_j, base_seed, arrays)
-        seg = first
-        while seg < p.segments:
-            k = pacer.count(p.segments - seg, c * study.steps + seg * p.segment_steps)
-            carry = pacer.call(prog, carry, seg * p.segment_steps, k, hp, seed_index, valid_j,
-                               base_seed, arrays)
-            seg += k - 1  # the segment this call ended with
+        start = carry
+        for carry, seg, k in pacer.calls(prog, start, first, p.segments, c * study.steps,
+                                         (hp, seed_index, valid_j, base_seed, arrays)):
             bar.tick(k, f"chunk {c + 1}/{p.chunks}, process {co.pid + 1}/{co.nproc}")
             if seg + 1 == p.segments:
                 store.write_chunk(c, _collect(prog, carry, valid), part_meta)
@@ -408,7 +413,6 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
                 ckpt.writes += 1
                 if co.pid == 0:
                     store.write_manifest(_manifest(config, p, store.scan()[0], co.nproc))
-            seg += 1
     co.set(f"finished/{co.pid}")
     while True:  # wait for the others' chunks, or a stop request
         outcome = co.try_get("outcome")
@@ -489,12 +493,9 @@ def _run_multiprocess(prog: _Program, p: Plan, hp, base_seed, bar: Progress, see
         idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
         seed_index, valid = jnp.asarray(idx, jnp.int32), jnp.asarray(idx < seeds)
         carry = prog.init(hp, seed_index, valid, base_seed, arrays)
-        seg = 0
-        while seg < p.segments:
-            k = pacer.count(p.segments - seg, 0)
-            carry = pacer.call(prog, carry, seg * p.segment_steps, k, hp, seed_index, valid,
-                               base_seed, arrays)
-            seg += k
+        for done, _, k in pacer.calls(prog, carry, 0, p.segments, 0,
+                                      (hp, seed_index, valid, base_seed, arrays)):
+            carry = done
             bar.tick(k, f"round {r + 1}, process {pid + 1}/{nproc}")
         leaves, treedef = jax.tree_util.tree_flatten(jax.device_get(carry))
         gathered = [np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=False))
