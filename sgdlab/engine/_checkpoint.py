@@ -136,7 +136,12 @@ class ChunkStore:
             if stem.startswith("chunk") and stem[5:].isdigit():
                 done.add(int(stem[5:]))
             elif stem.startswith("carry") and stem[5:].isdigit():
-                meta, _ = _read_npz(os.path.join(self.dir, name))
+                try:
+                    meta, _ = _read_npz(os.path.join(self.dir, name))
+                except FileNotFoundError:
+                    # another process finished that chunk since the listing and removed the
+                    # carry (its chunk file is on disk: the next scan lists it)
+                    continue
                 carries[int(stem[5:])] = int(meta["segment"])
         return sorted(done), {c: s for c, s in carries.items() if c not in done}
 
