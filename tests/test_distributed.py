@@ -37,6 +37,8 @@ WORKER = textwrap.dedent("""
     tick = sl.engine.Progress.tick
     def slow_tick(self, *a, **k):  # a slow segment, so that the test can kill mid-run
         time.sleep(cfg.get("delay", 0.0))
+        if pid == cfg.get("fail_pid"):  # a process that dies of an error mid-run
+            raise OSError("planted failure: disk full")
         return tick(self, *a, **k)
     sl.engine.Progress.tick = slow_tick
     signal.signal(signal.SIGTERM, sl.engine.request_stop)
@@ -54,6 +56,9 @@ WORKER = textwrap.dedent("""
     except ValueError as e:
         print("error", pid, e, flush=True)
         sys.exit(2)
+    except (OSError, RuntimeError) as e:
+        print("failed", pid, e, flush=True)
+        sys.exit(3)
     if pid == 0:
         sl.save(ds, out)
     print("done", pid, ds.attrs["processes"], flush=True)
@@ -202,6 +207,32 @@ def test_sigkill_then_resume_with_two_and_one_process(setup, tmp_path):
         assert int(ds.attrs["processes"]) == n
         d = state.with_name(state.name + ".d")
         assert not (d.is_dir() and [f for f in os.listdir(d) if ".tmp-" in f])
+
+
+def test_a_process_that_fails_stops_the_others_and_the_run_resumes(setup, tmp_path):
+    """Process 2 dies of an error in its first chunk: process 1 finishes its own chunks,
+    sees the failure in the key-value store and stops with a one-line message naming it
+    (no wait for chunks that will never come); rerunning resumes bitwise."""
+    script, ref = setup
+    ckpt = tmp_path / "c.npz"
+    job = _Job(script, 2, ckpt, tmp_path / "x.zarr", fail_pid=1)
+    try:
+        (rc0, out0, err0), (rc1, out1, err1) = job.wait(timeout=150)
+    finally:
+        job.kill()
+    assert rc1 == 3 and "failed 1 planted failure" in out1, err1[-3000:]
+    assert rc0 == 3, err0[-3000:]
+    assert "failed 0 process 2/2 failed (OSError: planted failure: disk full)" in out0
+    assert "rerun the same command to resume" in out0
+    job = _Job(script, 2, ckpt, tmp_path / "resumed.zarr")
+    try:
+        res = job.wait()
+    finally:
+        job.kill()
+    for i, (rc, o, e) in enumerate(res):
+        assert rc == 0, e[-3000:]
+        assert f"done {i} 2" in o
+    _assert_same(ref, _load(tmp_path / "resumed.zarr"))
 
 
 def test_sigterm_stops_both_with_checkpoint_and_changed_config_refused(setup, tmp_path):

@@ -120,6 +120,15 @@ class Coordination:
             return sum(k.startswith(directory + "/") for k in self.local)
         return len(self.client.key_value_dir_get(self.prefix + directory + "/"))
 
+    def entries(self, directory: str) -> dict[str, str]:
+        """The keys set under ``directory/`` (without the prefix) and their values."""
+        if self.client is None:
+            return {k[len(directory) + 1:]: v for k, v in self.local.items()
+                    if k.startswith(directory + "/")}
+        n = len(self.prefix + directory) + 1
+        return {k[n:]: v for k, v in
+                self.client.key_value_dir_get(self.prefix + directory + "/")}
+
     def wait_count(self, directory: str, n: int, timeout_s: float = WAIT_S) -> None:
         t0 = time.monotonic()
         while self.count(directory) < n:

@@ -360,7 +360,6 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
     bar = Progress(sum(p.segments - carries.get(c, 0) for c in mine), enabled=progress,
                    label=label, work_per_tick=p.chunk_seeds * study.n_grid * p.segment_steps)
     t_start = time.perf_counter()
-    template = None
     pacer = _Pacer(ckpt, p.segment_steps)
 
     def stop_seen() -> bool:
@@ -381,6 +380,52 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
             store.write_manifest(_manifest(config, p, store.scan()[0], co.nproc))
         raise Interrupted(f"stopped {where} (process {co.pid + 1}/{co.nproc})")
 
+    try:
+        _work_chunks(mine, prog, p, study, store, ckpt, co, pacer, bar, carries, chash,
+                     part_meta, config, hp, arrays, base_seed, stop_seen, stop)
+    except Interrupted:
+        raise
+    except BaseException as e:  # the others must not wait for this process's chunks
+        line = (str(e).strip().splitlines() or [""])[0][:300]
+        co.set(f"error/{co.pid}", f"{type(e).__name__}: {line}")
+        raise
+    co.set(f"finished/{co.pid}")
+    while True:  # wait for the others' chunks, a stop request or another's failure
+        failed = co.entries("error")
+        if failed:
+            k, msg = sorted(failed.items())[0]
+            bar.close()
+            raise RuntimeError(
+                f"process {int(k) + 1}/{co.nproc} failed ({msg}); this process's finished "
+                f"chunks are checkpointed in {store.dir}: rerun the same command to resume")
+        outcome = co.try_get("outcome")
+        if outcome == "stop" or (outcome is None and stop_seen()):
+            stop("with its chunks finished")
+        if outcome == "complete" or co.count("finished") == co.nproc:
+            co.set("outcome", "complete")
+            if co.get("outcome") == "complete":
+                break
+        time.sleep(0.05)
+    bar.close()
+    if co.pid == 0:
+        store.write_manifest(_manifest(config, p, list(range(p.chunks)), co.nproc))
+    chunks = []
+    for c in range(p.chunks):
+        meta, part = store.read_chunk(c)
+        if meta.get("config") != chash:
+            fail("checkpoint", store.dir, f"chunk{c}.npz belongs to another run; use --force")
+        chunks.append(part)
+    co.barrier("read")  # nobody removes the state before every process has read it
+    out = _merge_chunks(prog, chunks)
+    ds = results.to_dataset(study, prog, out, p, runtime_s=time.perf_counter() - t_start)
+    ds.attrs["processes"] = co.nproc
+    return ds
+
+
+def _work_chunks(mine, prog, p, study, store, ckpt, co, pacer, bar, carries, chash, part_meta,
+                 config, hp, arrays, base_seed, stop_seen, stop):
+    """Run this process's chunks of :func:`_run_chunked`, checkpointing as due."""
+    template = None
     for c in mine:
         idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
         valid = idx < study.seeds
@@ -413,30 +458,6 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
                 ckpt.writes += 1
                 if co.pid == 0:
                     store.write_manifest(_manifest(config, p, store.scan()[0], co.nproc))
-    co.set(f"finished/{co.pid}")
-    while True:  # wait for the others' chunks, or a stop request
-        outcome = co.try_get("outcome")
-        if outcome == "stop" or (outcome is None and stop_seen()):
-            stop("with its chunks finished")
-        if outcome == "complete" or co.count("finished") == co.nproc:
-            co.set("outcome", "complete")
-            if co.get("outcome") == "complete":
-                break
-        time.sleep(0.05)
-    bar.close()
-    if co.pid == 0:
-        store.write_manifest(_manifest(config, p, list(range(p.chunks)), co.nproc))
-    chunks = []
-    for c in range(p.chunks):
-        meta, part = store.read_chunk(c)
-        if meta.get("config") != chash:
-            fail("checkpoint", store.dir, f"chunk{c}.npz belongs to another run; use --force")
-        chunks.append(part)
-    co.barrier("read")  # nobody removes the state before every process has read it
-    out = _merge_chunks(prog, chunks)
-    ds = results.to_dataset(study, prog, out, p, runtime_s=time.perf_counter() - t_start)
-    ds.attrs["processes"] = co.nproc
-    return ds
 
 
 def _run_static(study: Study, checkpoint=None, label: str = "sgdlab", **kw):
