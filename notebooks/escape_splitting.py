@@ -39,6 +39,19 @@
 # to the target in units of the kick still to come, so a kick crosses the levels
 # gradually.
 #
+# **One kick from the basin.** There most escapes are a single kick from inside A
+# straight into B (at λa = 1 and ΔL/T = 24, 78% of them), and a count of such kicks by
+# the flux walkers is almost always 0. With K > 1 the basin states are split in two
+# strata by their noiseless next step: states it throws out of A (an overshoot, as in a
+# double well whose minimum oscillates) keep the count; for the others, one random basin
+# state per walker is kept and the probability that one step from it lands in B is
+# estimated by AMS over that step's sub-kicks. Both parts are unbiased, so their sum is.
+#
+# **The score.** Any function of the observation works; it only sets the variance. In
+# the double well the experiment uses the noiseless next position w − λU'(w) rather than
+# w: once λU'' > 1 the minimum oscillates, and a state far left of it is thrown past the
+# barrier by its own gradient step, so it belongs outside the basin, not inside it.
+#
 # **On the machine.** The population is the member axis: killing and cloning copy
 # member states inside `jax.lax.while_loop`, replicas are vmapped and are the unit of
 # chunking. A clone's key is `fold_in(fold_in(parent key, level), slot)` and its noise

@@ -19,10 +19,18 @@ A = {ξ < z_A} (``basin``, judged at whole steps) and the target level z_B
    preceded by exactly one crossing whose excursion reaches B before A, so with
    q(y) = P_y(B before A) and W the walker-steps after burn-in,
    ``E[Σ_crossings q(Y_i)] = W/τ`` (exact up to a term that decays like the chain's
-   relaxation over ``burn_in``). A crossing straight into B (one jump) has q = 1
-   and is counted exactly (``D``), not sampled; each walker keeps a uniformly random
-   one of its other crossings (reservoir sampling). The escapes seen here are brute
-   force (``brute_rate``).
+   relaxation over ``burn_in``). Each walker keeps a uniformly random one of its
+   crossings that did not land in B (reservoir sampling). The escapes seen here are
+   brute force (``brute_rate``).
+   A crossing straight into B (one jump from the basin) has q = 1. With K = 1 these
+   are counted (``D``). With K > 1 the basin states are split in two strata by their
+   noiseless next step: from states it takes out of the basin (an overshoot), the
+   one-jump escapes are counted; the others (the typical basin state, whose jump
+   into B needs one large kick) are sampled, one uniformly random state per walker,
+   and P(one step from such a state lands in B) is estimated by AMS over that single
+   step's sub-kicks (step 2 with ``one step`` trials). Without this, a chain whose
+   escapes are mostly one kick (the sharp well at λa ≈ 1, where SGD forgets its
+   position in one step) is estimated from a count that is almost always 0.
 2. **Adaptive multilevel splitting** (AMS; Cérou & Guyader 2007, generalized form of
    Bréhier, Gazeau, Goudenège, Lelièvre & Rousset 2016, whose estimator is
    unbiased for any importance function, discrete ones included). ``particles`` crossing states
@@ -34,7 +42,7 @@ A = {ξ < z_A} (``basin``, judged at whole steps) and the target level z_B
    crossed the next level; the estimate gains the factor (1 − killed/N). It stops
    when the k-th smallest maximum is the escape level; p̂ = Π factors × (escaped/N).
    ``rate = (D + Σn·p̂) / W`` is an unbiased estimate of 1/τ (n_w: the walkers'
-   other crossings).
+   other crossings; D: the one-jump escapes, counted or split as above).
 
 Why AMS rather than forward-flux sampling for step 2: interfaces adapt to the
 chain (no level placement to tune per λ and barrier, no interface the population
@@ -76,6 +84,7 @@ target, trials that do not end) raise ``ValueError`` naming the setting to chang
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -114,6 +123,12 @@ class Budget:
       levels: G, the levels z_1..z_G evenly spaced in score on (basin, target].
       substeps: K, sub-kicks per step for Gaussian ``noise_std`` noise (1: none).
       max_trial_steps: whole steps a trial may take before the run is refused.
+      target_rel_se: when set, a second stage: after the first ``replicas``, the
+        relative standard error of 1/τ they show sets how many more are run (the
+        count that reaches this target at that spread, at most ``max_replicas`` in
+        all). One extra stage, not a sequential rule, so that stopping does not
+        chase a lucky spread; the estimate and its error use every replica.
+      max_replicas: the most replicas the second stage may bring the total to.
     """
 
     replicas: int = 8
@@ -125,6 +140,8 @@ class Budget:
     levels: int = 100
     substeps: int = 1
     max_trial_steps: int = 20000
+    target_rel_se: float | None = None
+    max_replicas: int = 256
 
     def __post_init__(self):
         positive_int("replicas", self.replicas, minimum=2)
@@ -140,6 +157,10 @@ class Budget:
         positive_int("levels", self.levels)
         positive_int("substeps", self.substeps)
         positive_int("max_trial_steps", self.max_trial_steps)
+        positive_int("max_replicas", self.max_replicas, minimum=2)
+        if self.target_rel_se is not None:
+            finite_float("target_rel_se", self.target_rel_se, low=0.0, low_open=True)
+            positive_int("max_replicas", self.max_replicas, minimum=self.replicas)
 
     @property
     def kill(self) -> int:
@@ -164,6 +185,8 @@ class SplittingResult(NamedTuple):
         inverse_mfpt's interval.
       probability: escape probability per attempt (per crossing of the basin level).
       flux: crossings of the basin level per walker-step.
+      direct: the part of inverse_mfpt from escapes in one step from the basin
+        (counted, or split over sub-kicks; see the module docstring).
       brute_rate: escapes per walker-step seen by the flux walkers (brute force).
       rate, prob, crossings, escapes, iterations, extinct: per replica.
       walker_steps: flux walker-steps after burn-in, per replica.
@@ -185,6 +208,7 @@ class SplittingResult(NamedTuple):
     walker_steps: int
     member_steps: float
     seconds: float
+    direct: Estimate
 
     def as_dict(self) -> dict:
         out = {}
@@ -251,6 +275,8 @@ def _program(spec: _Spec):
     N = b.particles
     Wn = b.walkers
     noise_scale = 1.0 / math.sqrt(K)
+    # one-kick escapes from the basin are split over sub-kicks (with K = 1 they are counted)
+    split_direct = K > 1
 
     def observe(params, opt_state, t, hp, data):
         return Observation(params=params, opt_state=opt_state, loss=jnp.zeros(()),
@@ -327,9 +353,9 @@ def _program(spec: _Spec):
     def fresh(key, hp, data, params, t):
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         opt = optimizer.build(hp).init(params)
-        g = grad_at(params, key, t, hp, data)
+        g, m = ahead(params, opt, key, t, hp, data)
         return _Fine(params, opt, g, zeros, jnp.int32(0), jnp.asarray(t, jnp.int32), key,
-                     jnp.bool_(False), jnp.zeros(()))
+                     jnp.bool_(False), m)
 
     def replica(rid, hp, zA, zB, base_key, data):
         def substep(s, hp, data):
@@ -339,6 +365,10 @@ def _program(spec: _Spec):
             return whole_step_(s, hp, data, zB)
 
         rkey = jax.random.fold_in(base_key, rid)
+
+        def ams(pool, count, total, one_step, draw_tag, clone_tag, key_tag):
+            return ams_(rkey, pool, count, total, one_step, draw_tag, clone_tag, key_tag, hp,
+                        data, zA, zB)
         init_params = problem.init(jax.random.fold_in(rkey, 3))
         x0_score = score(init_params, optimizer.build(hp).init(init_params), 0, hp, data)
 
@@ -351,12 +381,23 @@ def _program(spec: _Spec):
         esc0 = jnp.zeros(Wn, jnp.int32)
 
         def flux_body(carry, step):
-            s, inA, count, ndirect, nesc, res = carry
-            new, sc = jax.vmap(lambda m: whole_step(m, hp, data))(s)
+            s, inA, count, ndirect, nesc, res, nin, resA, ndirect_hi = carry
             counted = step >= b.burn_in  # this is step number step + 1 > burn_in
+            if split_direct:
+                # reservoir of the basin states a counted step starts from whose noiseless
+                # step stays in the basin; one-kick escapes from the others are counted
+                inside = inA & counted & (s.imp < zA)
+                nin = nin + inside
+                uA = jax.vmap(lambda k, c: jax.random.randint(
+                    jax.random.fold_in(jax.random.fold_in(k, 5), c), (), 0,
+                    jnp.maximum(c, 1)))(s.key, nin)
+                resA = _tree_where(inside & (uA == 0), s, resA)
+            new, sc = jax.vmap(lambda m: whole_step(m, hp, data))(s)
             cross = inA & (sc >= zA) & counted
             # a crossing straight into the escape set has q = 1: counted, not sampled
             ndirect = ndirect + (cross & new.escaped)
+            if split_direct:
+                ndirect_hi = ndirect_hi + (cross & new.escaped & (s.imp >= zA))
             take = cross & ~new.escaped
             count = count + take
             # reservoir: keep the c-th crossing with probability 1/c
@@ -370,21 +411,48 @@ def _program(spec: _Spec):
             esc = new.escaped
             new = _tree_where(esc, back, new)
             inA = esc | (sc < zA)  # a recycled walker restarts at x0, inside the basin
-            return (new, inA, count, ndirect, nesc, res), None
+            return (new, inA, count, ndirect, nesc, res, nin, resA, ndirect_hi), None
 
-        (walkers, _, count, ndirect, nesc, res), _ = jax.lax.scan(
-            flux_body, (walkers, inA0, count0, count0, esc0, walkers),
+        (walkers, _, count, ndirect, nesc, res, nin, resA, ndirect_hi), _ = jax.lax.scan(
+            flux_body, (walkers, inA0, count0, count0, esc0, walkers, count0, walkers, count0),
             jnp.arange(b.flux_steps))
         total = jnp.sum(count)
+        p_cross, cross = ams(res, count, total, False, 1, 2, 0)
+        if split_direct:
+            in_basin = jnp.sum(nin)
+            p_direct, direct = ams(resA, nin, in_basin, True, 4, 5, 6)
+        else:
+            in_basin, p_direct = jnp.sum(nin), jnp.zeros(())
+            direct = {"extinct": jnp.bool_(False), "stuck": jnp.bool_(False),
+                      "iterations": jnp.int32(0), "work": jnp.zeros(())}
+        return {"crossings": total, "direct": jnp.sum(ndirect), "escapes": jnp.sum(nesc),
+                "prob": p_cross, "iterations": cross["iterations"],
+                "extinct": cross["extinct"], "stuck": cross["stuck"] | direct["stuck"],
+                "top": cross["top"], "x0_score": x0_score,
+                "trial_substeps": cross["work"] + direct["work"],
+                "in_basin": in_basin, "direct_prob": p_direct, "direct_drift": jnp.sum(ndirect_hi),
+                "direct_extinct": direct["extinct"], "direct_iterations": direct["iterations"]}
 
-        # ---------------- AMS: initial particles from the pool of crossings
+    def ams_(rkey, pool, count, total, one_step, draw_tag, clone_tag, key_tag, hp, data, zA,
+             zB):
+        """Generalized AMS from ``N`` states drawn uniformly from a walkers' pool.
+
+        ``pool``: one reservoir state per walker, ``count``: how many states each
+        reservoir stood for. ``one_step``: each trial is one whole step from the
+        state (success: it lands in the escape set), else it runs until it escapes
+        or re-enters the basin. Returns the success probability and diagnostics.
+        """
+        def substep(s, hp, data):
+            return substep_(s, hp, data, zB)
+
         cum = jnp.cumsum(count)
-        draw = jax.random.randint(jax.random.fold_in(rkey, 1), (N,), 0, jnp.maximum(total, 1))
+        draw = jax.random.randint(jax.random.fold_in(rkey, draw_tag), (N,), 0,
+                                  jnp.maximum(total, 1))
         src = jnp.searchsorted(cum, draw, side="right")
         src = jnp.minimum(src, Wn - 1)
-        parts = _take(res, src)
+        parts = _take(pool, src)
         slots = jnp.arange(N)
-        pkeys = jax.vmap(lambda k, j: jax.random.fold_in(jax.random.fold_in(k, 0), j))(
+        pkeys = jax.vmap(lambda k, j: jax.random.fold_in(jax.random.fold_in(k, key_tag), j))(
             parts.key, slots)
         parts = parts._replace(key=pkeys, t=jnp.zeros(N, jnp.int32), k=jnp.zeros(N, jnp.int32))
         # the levels: G evenly spaced importance values from the lowest start to the target
@@ -410,6 +478,8 @@ def _program(spec: _Spec):
             def body(c):
                 s, sn, ml, act, n, work = c
                 new, sc, commit = jax.vmap(lambda m: substep(m, hp, data))(s)
+                if one_step:  # a trial that took its step and missed has no future
+                    new = new._replace(imp=jnp.where(commit & ~new.escaped, -jnp.inf, new.imp))
                 lev = level_of(new.imp)
                 work = work + jnp.sum(act).astype(work.dtype)
                 up = act & (lev > ml)
@@ -423,6 +493,8 @@ def _program(spec: _Spec):
                 ml = jnp.where(up, lev, ml)
                 s = _tree_where(act, new, s)
                 done = new.escaped | (commit & (sc < zA))
+                if one_step:
+                    done = new.escaped | commit
                 act = act & ~done
                 return s, sn, ml, act, n + 1, work
 
@@ -448,7 +520,7 @@ def _program(spec: _Spec):
             dead = ~finished & (nk == N)
             go = ~finished & ~dead
             # parents: uniform among survivors, one draw per killed slot
-            ckey = jax.random.fold_in(jax.random.fold_in(rkey, 2), it)
+            ckey = jax.random.fold_in(jax.random.fold_in(rkey, clone_tag), it)
             r = jax.random.randint(ckey, (N,), 0, jnp.maximum(N - nk, 1))
             surv_idx = jnp.argsort(killed, stable=True)  # survivors first, in order
             parent = surv_idx[r]
@@ -474,10 +546,8 @@ def _program(spec: _Spec):
             ams_cond, ams_body, init)
         frac = jnp.mean(maxlev == G + 1)
         prob = jnp.where(extinct | (total == 0), 0.0, jnp.exp(logf) * frac)
-        return {"crossings": total, "direct": jnp.sum(ndirect), "escapes": jnp.sum(nesc),
-                "prob": prob, "iterations": it,
-                "extinct": extinct, "stuck": stuck, "top": jnp.max(maxlev),
-                "x0_score": x0_score, "trial_substeps": work}
+        return prob, {"iterations": it, "extinct": extinct, "stuck": stuck,
+                      "top": jnp.max(maxlev), "work": work}
 
     def chunk(rids, hp, zA, zB, base_key, data):
         global TRACE_COUNT
@@ -604,7 +674,9 @@ def estimate(problem: Problem, optimizer: Optimizer, hp: Mapping[str, Any], *,
         fail("devices", devices, f"this process sees {n_dev} device(s)")
     devices = min(devices, chunk)
     chunk = -(-chunk // devices) * devices  # whole replicas per device (padding dropped)
-    spec = _Spec(problem, optimizer, score, event_fn, b, tuple(sorted(hpa)))
+    # the replica counts do not shape the program: one compile for any of them
+    shape_b = dataclasses.replace(b, replicas=2, target_rel_se=None, max_replicas=2)
+    spec = _Spec(problem, optimizer, score, event_fn, shape_b, tuple(sorted(hpa)))
     prog = _cached_program(spec, devices)
     zBj = jnp.asarray(zB, dtype=jnp.result_type(float))
     zAj = jnp.asarray(zA, dtype=jnp.result_type(float))
@@ -618,22 +690,35 @@ def estimate(problem: Problem, optimizer: Optimizer, hp: Mapping[str, Any], *,
     if checkpoint is not None and os.path.exists(checkpoint):
         with np.load(checkpoint) as z:
             if "ident" in z.files and str(z["ident"]) == str(ident):
-                for c in range(n_chunks):
+                # the first stage's chunks and any of a second stage
+                for c in range(max(n_chunks, math.ceil(b.max_replicas / chunk))):
                     if f"c{c}_prob" in z:
                         done[c] = {k[len(f"c{c}_"):]: z[k] for k in z.files
                                    if k.startswith(f"c{c}_")}
-    for c in range(n_chunks):
-        if c in done:
-            continue
-        rids = jnp.arange(c * chunk, (c + 1) * chunk, dtype=jnp.int32)
-        out = prog(rids, hpa, zAj, zBj, base_key, data)
-        done[c] = {k: np.asarray(v) for k, v in out.items()}
-        if checkpoint is not None:
-            flat = {f"c{i}_{k}": v for i, d in done.items() for k, v in d.items()}
-            atomic_npz(checkpoint, {"ident": ident, **flat})
-    res = {k: np.concatenate([done[c][k] for c in range(n_chunks)])[:R] for k in done[0]}
+
+    def run_chunks(n_chunks):
+        for c in range(n_chunks):
+            if c in done:
+                continue
+            rids = jnp.arange(c * chunk, (c + 1) * chunk, dtype=jnp.int32)
+            out = prog(rids, hpa, zAj, zBj, base_key, data)
+            done[c] = {k: np.asarray(v) for k, v in out.items()}
+            if checkpoint is not None:
+                flat = {f"c{i}_{k}": v for i, d in done.items() for k, v in d.items()}
+                atomic_npz(checkpoint, {"ident": ident, **flat})
+
+    def gather(n):
+        return {k: np.concatenate([done[c][k] for c in range(math.ceil(n / chunk))])[:n]
+                for k in done[0]}
+
+    run_chunks(n_chunks)
+    if b.target_rel_se is not None:
+        first = _summarize(gather(R), b, zA, zB, 0.0)
+        rel = first.inverse_mfpt.se / first.inverse_mfpt.value
+        R = min(b.max_replicas, max(R, math.ceil(R * (rel / b.target_rel_se) ** 2)))
+        run_chunks(math.ceil(R / chunk))
     seconds = time.perf_counter() - t0
-    return _summarize(res, b, zA, zB, seconds)
+    return _summarize(gather(R), b, zA, zB, seconds)
 
 
 def _summarize(res: dict, b: Budget, zA: float, zB: float, seconds: float) -> SplittingResult:
@@ -661,7 +746,11 @@ def _summarize(res: dict, b: Budget, zA: float, zB: float, seconds: float) -> Sp
     W = b.walkers * (b.flux_steps - b.burn_in)
     attempts = res["crossings"] + res["direct"]
     flux = attempts / W
-    rate = (res["direct"] + res["crossings"] * res["prob"]) / W
+    if b.substeps > 1:  # one-kick escapes from the basin, split over sub-kicks
+        direct = res["direct_drift"] + res["in_basin"] * res["direct_prob"]
+    else:  # counted by the flux walkers
+        direct = res["direct"].astype(float)
+    rate = (direct + res["crossings"] * res["prob"]) / W
     prob = rate / flux
     inv = interval(rate)
     if not inv.value > 0:
@@ -678,5 +767,5 @@ def _summarize(res: dict, b: Budget, zA: float, zB: float, seconds: float) -> Sp
         brute_rate=interval(res["escapes"] / W), rate=rate, prob=prob,
         crossings=attempts, escapes=res["escapes"], iterations=res["iterations"],
         extinct=res["extinct"], walker_steps=W,
-        member_steps=float(b.replicas * b.walkers * b.flux_steps) + trial_steps,
-        seconds=seconds)
+        member_steps=float(rate.size * b.walkers * b.flux_steps) + trial_steps,
+        seconds=seconds, direct=interval(direct / W))

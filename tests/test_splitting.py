@@ -6,6 +6,7 @@ ignores the current one, so τ = 1/P(|N(0, s²)| > wall)), or a brute-force engi
 ensemble, with standard errors from independent replicas.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -83,6 +84,31 @@ def test_agrees_with_the_oracle_at_mfpt_1e6():
         assert abs(r.mfpt.value - wrong) > 4 * r.mfpt.se
 
 
+def test_one_kick_escapes_from_the_basin_are_split():
+    """Sharp well at λa = 1: SGD forgets its position in one step (w' = λσξ), so τ is
+    1/P(|λσξ| ≥ 1) in closed form, and most escapes are one kick from inside the
+    basin. Here τ ≈ 10⁶ and the flux walkers almost never see such a kick: the
+    estimate must come from splitting that kick, within 4 SE of the closed form."""
+    with jax.enable_x64(True):
+        lr, x = 1.0, 24.0
+        hp = _hp(lr, 0.5, x)
+        tau = 1 / (2 * norm.sf(1 / (lr * hp["noise_std"])))
+        assert 9e5 < tau < 1.2e6
+        b = SP.Budget(replicas=8, walkers=128, flux_steps=300, burn_in=100, particles=256,
+                      levels=60, substeps=8)
+        r = SP.estimate(potential_1d("sharp-well"), SGD, hp, score=abs_w, basin=0.25,
+                        target=1.0, budget=b, seed=5)
+        walker_steps = b.replicas * r.walker_steps
+        assert walker_steps / tau < 0.5  # brute force: expected escapes below one
+        assert abs(r.mfpt.value - tau) < 4 * r.mfpt.se
+        assert r.mfpt.se < 0.25 * tau
+        # escapes by one kick from the basin, per step: P(|w| < 1/4) P(|λσξ| ≥ 1),
+        # ≈ 0.78 of the rate here
+        s = lr * hp["noise_std"]
+        p_in, p_out = 2 * norm.cdf(0.25 / s) - 1, 2 * norm.sf(1 / s)
+        assert abs(r.direct.value - p_in * p_out) < 4 * r.direct.se
+
+
 def test_agrees_with_brute_force_at_a_low_barrier():
     """Sharp well, λ = 0.5, ΔL/T = 4 (τ ≈ 80): splitting vs an engine ensemble, 4 SE."""
     lr, x = 0.5, 4.0
@@ -151,6 +177,26 @@ def test_calibration_of_the_95_percent_intervals():
         wrong = theory.mfpt_nystrom_converged(dU, 1.1 * lr, hp["noise_std"] ** 2, -1.0, 1.0,
                                               x0=0.0)[0]
         assert np.mean([g.lo <= 1 / wrong <= g.hi for g in groups]) < 0.8
+
+
+def test_a_second_stage_of_replicas_is_sized_from_the_first():
+    """target_rel_se: the first stage's spread sets the total (capped by max_replicas);
+    the first-stage replicas are those of a plain run, and the program is not rebuilt."""
+    problem, hp = potential_1d("sharp-well"), _hp(0.7, 0.5, 4.0)
+    kw = dict(score=abs_w, basin=0.25, target=1.0, seed=2)
+    first = SP.estimate(problem, SGD, hp, budget=TINY, **kw)
+    traces = SP.TRACE_COUNT
+    rel = first.inverse_mfpt.se / first.inverse_mfpt.value
+    two = SP.estimate(problem, SGD, hp, budget=dataclasses.replace(
+        TINY, target_rel_se=rel / 2, max_replicas=64), **kw)
+    assert two.rate.size == 4 * TINY.replicas  # (rel / (rel / 2))² = 4 exactly
+    np.testing.assert_array_equal(two.rate[:TINY.replicas], first.rate)
+    assert two.inverse_mfpt.value == pytest.approx(two.rate.mean())
+    capped = SP.estimate(problem, SGD, hp, budget=dataclasses.replace(
+        TINY, target_rel_se=rel / 100, max_replicas=10), **kw)
+    assert capped.rate.size == 10
+    np.testing.assert_array_equal(capped.rate, two.rate[:10])
+    assert SP.TRACE_COUNT == traces
 
 
 def test_bad_settings_give_a_clear_message():

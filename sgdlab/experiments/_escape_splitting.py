@@ -32,9 +32,27 @@ def w_score(o):
     return o.params
 
 
-def score_fn(kind: str):
-    """The reaction coordinate: |w| for the sharp well, w for the double well."""
-    return abs_score if kind == "sharp-well" else w_score
+def drift_score(o):
+    """The double well's noiseless next position w − λU'(w), U' = w³ − w."""
+    w = o.params
+    return w - o.hp["learning_rate"] * (w * w * w - w)
+
+
+SCORES = ("auto", "position", "drift")
+"""Values of the ``score`` parameter."""
+
+
+def score_fn(kind: str, choice: str = "position"):
+    """The reaction coordinate: |w| for the sharp well; w or its drift image for the
+    double well (``choice``; ``auto`` is the drift image there)."""
+    if kind == "sharp-well":
+        return abs_score
+    return drift_score if choice in ("auto", "drift") else w_score
+
+
+def score_label(kind: str, choice: str) -> str:
+    f = score_fn(kind, choice)
+    return {abs_score: "|w|", w_score: "w", drift_score: "w − λU'(w)"}[f]
 
 
 def levels(cfg) -> tuple[float, float]:
@@ -55,7 +73,9 @@ def budget_of(cfg) -> splitting.Budget:
     return splitting.Budget(
         replicas=cfg["replicas"], walkers=cfg["walkers"], flux_steps=cfg["flux_steps"],
         burn_in=cfg["burn_in"], particles=cfg["particles"], kill_fraction=cfg["kill_fraction"],
-        levels=cfg["levels"], substeps=cfg["substeps"], max_trial_steps=cfg["max_trial_steps"])
+        levels=cfg["levels"], substeps=cfg["substeps"], max_trial_steps=cfg["max_trial_steps"],
+        target_rel_se=cfg["target_rel_se"] or None,
+        max_replicas=max(cfg["max_replicas"], cfg["replicas"]))
 
 
 def validate(cfg) -> None:
@@ -67,6 +87,11 @@ def validate(cfg) -> None:
     if not start_score(cfg) < zA:
         fail("basin", cfg["basin"], f"the start's score {start_score(cfg):g} must lie below "
              f"the basin level {zA:g}: raise basin or move start")
+    if cfg["score"] == "drift" and cfg["potential"] == "sharp-well":
+        fail("score", "drift", "the sharp well's drift image (1 − λa)|w| loses the position at "
+             "λa = 1; use score=position (|w|)")
+    if cfg["max_replicas"] < cfg["replicas"] and cfg["target_rel_se"] > 0:
+        fail("max_replicas", cfg["max_replicas"], f"expected at least replicas={cfg['replicas']}")
     if cfg["burn_in"] >= cfg["flux_steps"]:
         fail("burn_in", cfg["burn_in"], f"expected fewer than flux_steps={cfg['flux_steps']}")
 
@@ -92,12 +117,14 @@ def analyze(cfg, datasets: dict, seed: int, checkpoint_dir=None) -> Outcome:
     problem = chain.problem(cfg)
     budget = budget_of(cfg)
     zA, zB = levels(cfg)
-    score = score_fn(cfg["potential"])
+    score = score_fn(cfg["potential"], cfg["score"])
     quantities, notes, rows, raw = [], [], [], []
-    notes.append(f"estimator=splitting: score {'|w|' if score is abs_score else 'w'}, basin "
+    notes.append(f"estimator=splitting: score {score_label(cfg['potential'], cfg['score'])}, basin "
                  f"level {zA:g}, target {zB:g}; {budget.replicas} replicas × ({budget.walkers} "
                  f"flux walkers × {budget.flux_steps} steps, {budget.particles} AMS particles, "
-                 f"{budget.levels} levels, {budget.substeps} sub-kick(s) per step)")
+                 f"{budget.levels} levels, {budget.substeps} sub-kick(s) per step)"
+                 + (f"; a second stage of replicas toward relative SE {budget.target_rel_se:g} "
+                    f"(at most {budget.max_replicas})" if budget.target_rel_se else ""))
     chunk = -(-budget.replicas // 4) if checkpoint_dir is not None else None
     for i, cell in enumerate(chain.cells(cfg)):
         tau = chain.tau_only(cfg, cell)
@@ -132,10 +159,18 @@ def analyze(cfg, datasets: dict, seed: int, checkpoint_dir=None) -> Outcome:
                      "brute_rate": br.value, "brute_rate_se": br.se, "brute_escapes": n_esc,
                      "member_steps": res.member_steps, "seconds": res.seconds,
                      "cost_per_unit_relvar": cost, "brute_cost_per_unit_relvar": tau,
-                     "iterations_mean": float(np.mean(res.iterations))})
+                     "iterations_mean": float(np.mean(res.iterations)),
+                     "replicas": int(res.rate.size), "direct": res.direct.value,
+                     "direct_se": res.direct.se})
     cells = chain.cells(cfg)
+    n_rep = max(r.rate.size for r in raw)  # cells may differ with target_rel_se (NaN pad)
+
+    def padded(k):
+        return np.stack([np.pad(np.asarray(getattr(r, k), float), (0, n_rep - r.rate.size),
+                                constant_values=np.nan) for r in raw])
+
     datasets["splitting"] = xr.Dataset(
-        {k: (("cell", "replica"), np.stack([getattr(r, k) for r in raw]))
+        {k: (("cell", "replica"), padded(k))
          for k in ("rate", "prob", "crossings", "escapes", "iterations")},
         coords={"learning_rate": ("cell", [c.lr for c in cells]),
                 "barrier_over_temperature": ("cell", [c.x for c in cells])},
