@@ -48,9 +48,10 @@
 # estimated by AMS over that step's sub-kicks. Both parts are unbiased, so their sum is.
 #
 # **The score.** Any function of the observation works; it only sets the variance. In
-# the double well the experiment uses the noiseless next position w − λU'(w) rather than
-# w: once λU'' > 1 the minimum oscillates, and a state far left of it is thrown past the
-# barrier by its own gradient step, so it belongs outside the basin, not inside it.
+# the double well, where λU'' > 1 (the minimum oscillates), the experiment uses the
+# noiseless next position w − λU'(w) rather than w: a state far left of the minimum is
+# thrown past the barrier by its own gradient step, so it belongs outside the basin, not
+# inside it. Below that learning rate w itself gives the smaller spread.
 #
 # **On the machine.** The population is the member axis: killing and cloning copy
 # member states inside `jax.lax.while_loop`, replicas are vmapped and are the unit of

@@ -164,6 +164,19 @@ def setup(tmp_path_factory):
     return script, _load(tmp / "ref.zarr")
 
 
+def _finish(script, n, state, out):
+    """Run (or resume) the job with ``n`` processes to the end; its results."""
+    job = _Job(script, n, state, out)
+    try:
+        res = job.wait()
+    finally:
+        job.kill()
+    for i, (rc, o, e) in enumerate(res):
+        assert rc == 0, e[-3000:]
+        assert f"done {i} {n}" in o
+    return _load(out)
+
+
 def _files(state: Path, prefix: str):
     d = state.with_name(state.name + ".d")
     return [f for f in os.listdir(d) if f.startswith(prefix)] if d.is_dir() else []
@@ -193,16 +206,7 @@ def test_sigkill_then_resume_with_two_and_one_process(setup, tmp_path):
     for d in (tmp_path / "c.npz.d", copy / "c.npz.d"):
         (d / ".carry1.npz.tmp-killed").write_bytes(b"PK\x03\x04 half a zip")
     for n, state in ((2, ckpt), (1, copy / "c.npz")):
-        out = tmp_path / f"resumed{n}.zarr"
-        job = _Job(script, n, state, out)
-        try:
-            res = job.wait()
-        finally:
-            job.kill()
-        for i, (rc, o, e) in enumerate(res):
-            assert rc == 0, e[-3000:]
-            assert f"done {i} {n}" in o
-        ds = _load(out)
+        ds = _finish(script, n, state, tmp_path / f"resumed{n}.zarr")
         _assert_same(ref, ds)
         assert int(ds.attrs["processes"]) == n
         d = state.with_name(state.name + ".d")
@@ -224,15 +228,7 @@ def test_a_process_that_fails_stops_the_others_and_the_run_resumes(setup, tmp_pa
     assert rc0 == 3, err0[-3000:]
     assert "failed 0 process 2/2 failed (OSError: planted failure: disk full)" in out0
     assert "rerun the same command to resume" in out0
-    job = _Job(script, 2, ckpt, tmp_path / "resumed.zarr")
-    try:
-        res = job.wait()
-    finally:
-        job.kill()
-    for i, (rc, o, e) in enumerate(res):
-        assert rc == 0, e[-3000:]
-        assert f"done {i} 2" in o
-    _assert_same(ref, _load(tmp_path / "resumed.zarr"))
+    _assert_same(ref, _finish(script, 2, ckpt, tmp_path / "resumed.zarr"))
 
 
 def test_sigterm_stops_both_with_checkpoint_and_changed_config_refused(setup, tmp_path):

@@ -42,17 +42,27 @@ SCORES = ("auto", "position", "drift")
 """Values of the ``score`` parameter."""
 
 
-def score_fn(kind: str, choice: str = "position"):
+DOUBLE_WELL_CURVATURE = 2.0
+"""U'' at the double well's minimum w = −1 (U = (w² − 1)²/4)."""
+
+
+def score_fn(kind: str, choice: str = "position", lr: float | None = None):
     """The reaction coordinate: |w| for the sharp well; w or its drift image for the
-    double well (``choice``; ``auto`` is the drift image there)."""
-    if kind == "sharp-well":
-        return abs_score
-    return drift_score if choice in ("auto", "drift") else w_score
+    double well (``choice``). ``auto`` takes the drift image where the minimum
+    oscillates (λU'' > 1 at learning rate ``lr``), w elsewhere (there the drift image
+    gave larger replica spreads: RESULTS.md)."""
+    if kind == "sharp-well" or choice == "position":
+        return abs_score if kind == "sharp-well" else w_score
+    if choice == "drift" or (lr is not None and lr * DOUBLE_WELL_CURVATURE > 1):
+        return drift_score
+    return w_score
 
 
 def score_label(kind: str, choice: str) -> str:
-    f = score_fn(kind, choice)
-    return {abs_score: "|w|", w_score: "w", drift_score: "w − λU'(w)"}[f]
+    if kind == "sharp-well":
+        return "|w|"
+    return {"position": "w", "drift": "w − λU'(w)",
+            "auto": "w, or w − λU'(w) where λU'' > 1"}[choice]
 
 
 def levels(cfg) -> tuple[float, float]:
@@ -117,7 +127,6 @@ def analyze(cfg, datasets: dict, seed: int, checkpoint_dir=None) -> Outcome:
     problem = chain.problem(cfg)
     budget = budget_of(cfg)
     zA, zB = levels(cfg)
-    score = score_fn(cfg["potential"], cfg["score"])
     quantities, notes, rows, raw = [], [], [], []
     notes.append(f"estimator=splitting: score {score_label(cfg['potential'], cfg['score'])}, basin "
                  f"level {zA:g}, target {zB:g}; {budget.replicas} replicas × ({budget.walkers} "
@@ -129,6 +138,7 @@ def analyze(cfg, datasets: dict, seed: int, checkpoint_dir=None) -> Outcome:
     for i, cell in enumerate(chain.cells(cfg)):
         tau = chain.tau_only(cfg, cell)
         ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / f"splitting_{i}.npz"
+        score = score_fn(cfg["potential"], cfg["score"], cell.lr)
         res = splitting.estimate(problem, Optimizer("sgd"),
                                  {"learning_rate": cell.lr, "noise_std": math.sqrt(cell.s2)},
                                  score=score, basin=zA, target=zB, budget=budget, seed=seed,

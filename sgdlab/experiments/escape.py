@@ -667,8 +667,8 @@ register(Experiment(
         Param("score", str, "auto", "splitting: the reaction coordinate. position: |w| (sharp "
               "well), w (double well); drift: the noiseless next position w − λU'(w) (double "
               "well; the basin then excludes the states a step throws out of it, which matters "
-              "once the minimum oscillates, λU'' > 1); auto: position for the sharp well, "
-              "drift for the double well", choices=_splitting.SCORES),
+              "once the minimum oscillates, λU'' > 1); auto: position, or drift in the double "
+              "well where λU'' > 1", choices=_splitting.SCORES),
         Param("target_rel_se", float, 0.0, "splitting: when > 0, a second stage of replicas "
               "(up to max_replicas in all) sized from the first stage's spread to reach this "
               "relative SE of 1/τ; 0: off", low=0.0),
