@@ -353,7 +353,10 @@ def _program(spec: _Spec):
     def fresh(key, hp, data, params, t):
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         opt = optimizer.build(hp).init(params)
-        g, m = ahead(params, opt, key, t, hp, data)
+        if split_direct:  # the basin's strata read the importance of a (re)started walker
+            g, m = ahead(params, opt, key, t, hp, data)
+        else:  # nothing reads it: no drift step and score in the flux phase's hot loop
+            g, m = grad_at(params, key, t, hp, data), jnp.zeros(())
         return _Fine(params, opt, g, zeros, jnp.int32(0), jnp.asarray(t, jnp.int32), key,
                      jnp.bool_(False), m)
 
