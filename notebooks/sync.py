@@ -7,6 +7,8 @@ edited there). ``--check`` fails when one is out of date. ``--execute`` runs eac
 notebook with a real Jupyter kernel (nbclient) and fails when a cell raises or a
 figure comes out as ``<Figure ...>`` text instead of an ``image/png``;
 ``--output DIR`` keeps the executed copies (the documentation reuses them).
+``--jobs N`` runs N notebooks at a time (default: one per core, at most 4), each in its
+own kernel: a notebook is mostly XLA compiles, which use one core.
 Names after the options pick notebooks (``study5_lzu_stationary``); default: all.
 
 Needs the ``notebooks`` extra: ``pip install -e ".[notebooks]"``.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -77,6 +80,28 @@ def execute(nb, timeout: int = 900):
     return nb
 
 
+def run_one(py: Path, output: str | None) -> tuple[str, float, list[str]]:
+    """Execute one notebook; write the executed copy to ``output``; return what went wrong.
+
+    A cell that raises comes back as a problem (its error text), not as an exception: an
+    exception would have to cross the process boundary, and nbclient's does not pickle.
+    """
+    import nbformat
+
+    t0 = time.perf_counter()
+    nb = notebook(py)
+    try:
+        execute(nb)
+    except Exception as e:  # noqa: BLE001 - reported, and the run fails
+        return py.stem, time.perf_counter() - t0, [f"a cell raised: {e}"]
+    problems = figure_problems(nb)
+    if output:
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, out / f"{py.stem}.ipynb")
+    return py.stem, time.perf_counter() - t0, problems
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="notebooks/sync.py", description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", help="notebooks to handle (default: all)")
@@ -84,6 +109,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--execute", action="store_true",
                     help="run each notebook in a Jupyter kernel and check its figures")
     ap.add_argument("--output", metavar="DIR", help="write the executed notebooks to DIR")
+    ap.add_argument("--jobs", type=int, default=0, metavar="N",
+                    help="notebooks executed at a time (default: one per core, at most 4)")
     args = ap.parse_args(argv)
     chosen = [p for p in sources() if not args.names or p.stem in args.names]
     unknown = set(args.names) - {p.stem for p in chosen}
@@ -102,23 +129,22 @@ def main(argv: list[str]) -> int:
         print("out of date (run python notebooks/sync.py): " + ", ".join(stale))
         return 1
     if args.execute:
-        import nbformat
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         failed = []
-        for py in chosen:
-            t0 = time.perf_counter()
-            print(f"executing {py.stem}.ipynb", flush=True)
-            nb = execute(notebook(py))
-            problems = figure_problems(nb)
-            print(f"  {time.perf_counter() - t0:.0f} s" + "".join(f"\n  {p}" for p in problems),
-                  flush=True)
-            failed += [py.stem] * bool(problems)
-            if args.output:
-                out = Path(args.output)
-                out.mkdir(parents=True, exist_ok=True)
-                nbformat.write(nb, out / f"{py.stem}.ipynb")
+        jobs = args.jobs or min(4, os.cpu_count() or 1)
+        print(f"executing {len(chosen)} notebook(s), {jobs} at a time", flush=True)
+        # spawn, not fork: the caller may hold JAX's threads (pytest), which fork does not copy
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run_one, py, args.output) for py in chosen]
+            for fut in as_completed(futures):
+                stem, seconds, problems = fut.result()
+                print(f"  {stem}.ipynb: {seconds:.0f} s"
+                      + "".join(f"\n    {p}" for p in problems), flush=True)
+                failed += [stem] * bool(problems)
         if failed:
-            print("figures missing in: " + ", ".join(failed))
+            print("failed: " + ", ".join(sorted(failed)))
             return 1
     return 0
 

@@ -311,3 +311,19 @@ def test_splitting_run_killed_with_sigkill_resumes_bitwise(tmp_path):
     a, b = (json.loads((d / "summary.json").read_text()) for d in (killed, whole))
     assert [q["value"] for q in a["quantities"]] == [q["value"] for q in b["quantities"]]
     assert not (killed / ".sgdlab-state").exists()
+
+
+def test_score_auto_takes_the_drift_image_where_the_minimum_oscillates():
+    from types import SimpleNamespace
+
+    from sgdlab.experiments import _escape_splitting as S
+
+    w = np.linspace(-1.5, 1.5, 7)
+    o = SimpleNamespace(params=w, hp={"learning_rate": 0.6})
+    # the noiseless SGD step in U = (w² − 1)²/4, written out independently of potential_fns
+    np.testing.assert_allclose(S.drift_score(o), w - 0.6 * (w ** 3 - w), rtol=1e-12)
+    # λU''(−1) = 2λ: above 1 the minimum oscillates and auto takes the drift image
+    assert S.score_fn("double-well", "auto", lr=0.6) is S.drift_score
+    assert S.score_fn("double-well", "auto", lr=0.3) is S.w_score
+    assert S.score_fn("double-well", "drift", lr=0.3) is S.drift_score
+    assert S.score_fn("sharp-well", "auto", lr=0.6) is S.abs_score

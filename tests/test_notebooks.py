@@ -74,3 +74,23 @@ def test_figures_display_inline_in_a_real_kernel():
     assert "image/png" in kinds[1] and "image/png" in kinds[2]
     assert sync.figure_problems(nb) == ["cell 1 shows '<Figure size 200x200 with 1 Axes>' "
                                         "instead of an image"]
+
+
+def test_execute_runs_notebooks_side_by_side_and_fails_on_a_raising_cell(tmp_path, monkeypatch,
+                                                                          capsys):
+    pytest.importorskip("nbclient", reason="the notebooks extra is not installed "
+                        "(pip install -e '.[notebooks]')")
+    (tmp_path / "good.py").write_text("# %%\nimport sgdlab.experiments\n"
+                                      "from matplotlib.figure import Figure\n\n"
+                                      "# %%\nf = Figure(figsize=(2, 2))\n"
+                                      "f.add_subplot().plot([1, 2])\nf\n")
+    (tmp_path / "bad.py").write_text("# %%\nraise ValueError('planted failure')\n")
+    monkeypatch.setattr(sync, "HERE", tmp_path)
+    assert sync.main([]) == 0
+    out = tmp_path / "out"
+    assert sync.main(["--execute", "--jobs", "2", "--output", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "2 at a time" in text and "planted failure" in text
+    assert text.splitlines()[-1] == "failed: bad"
+    assert [p.name for p in out.glob("*.ipynb")] == ["good.ipynb"]
+    assert sync.main(["--execute", "--jobs", "2", "good"]) == 0

@@ -18,6 +18,7 @@ from sgdlab._validate import fail
 from sgdlab.experiments import Outcome, quantity
 from sgdlab.experiments import _escape_chain as chain
 from sgdlab.optim import Optimizer
+from sgdlab.problems import potential_fns
 
 ESTIMATORS = ("brute", "splitting")
 """Values of the ``estimator`` parameter."""
@@ -32,10 +33,13 @@ def w_score(o):
     return o.params
 
 
+_, _double_well_dU = potential_fns("double-well")
+
+
 def drift_score(o):
-    """The double well's noiseless next position w − λU'(w), U' = w³ − w."""
+    """The double well's noiseless next position w − λU'(w) (U' from ``potential_fns``)."""
     w = o.params
-    return w - o.hp["learning_rate"] * (w * w * w - w)
+    return w - o.hp["learning_rate"] * _double_well_dU(w)
 
 
 SCORES = ("auto", "position", "drift")
