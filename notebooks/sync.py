@@ -112,6 +112,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--jobs", type=int, default=0, metavar="N",
                     help="notebooks executed at a time (default: one per core, at most 4)")
     args = ap.parse_args(argv)
+    if args.jobs < 0:
+        ap.error(f"--jobs {args.jobs}: expected a count >= 1 (or 0: one per core, at most 4)")
     chosen = [p for p in sources() if not args.names or p.stem in args.names]
     unknown = set(args.names) - {p.stem for p in chosen}
     if unknown:

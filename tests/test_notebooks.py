@@ -49,9 +49,13 @@ def test_check_finds_a_stale_notebook(tmp_path, monkeypatch):
     assert sync.main(["--check", "nope"]) == 2
 
 
-def _kernel_run(cells):
+def _needs_kernel():
     pytest.importorskip("nbclient", reason="the notebooks extra is not installed "
                         "(pip install -e '.[notebooks]')")
+
+
+def _kernel_run(cells):
+    _needs_kernel()
     import nbformat
 
     nb = nbformat.v4.new_notebook()
@@ -78,8 +82,7 @@ def test_figures_display_inline_in_a_real_kernel():
 
 def test_execute_runs_notebooks_side_by_side_and_fails_on_a_raising_cell(tmp_path, monkeypatch,
                                                                           capsys):
-    pytest.importorskip("nbclient", reason="the notebooks extra is not installed "
-                        "(pip install -e '.[notebooks]')")
+    _needs_kernel()
     (tmp_path / "good.py").write_text("# %%\nimport sgdlab.experiments\n"
                                       "from matplotlib.figure import Figure\n\n"
                                       "# %%\nf = Figure(figsize=(2, 2))\n"
@@ -94,3 +97,6 @@ def test_execute_runs_notebooks_side_by_side_and_fails_on_a_raising_cell(tmp_pat
     assert text.splitlines()[-1] == "failed: bad"
     assert [p.name for p in out.glob("*.ipynb")] == ["good.ipynb"]
     assert sync.main(["--execute", "--jobs", "2", "good"]) == 0
+    with pytest.raises(SystemExit) as exit_:
+        sync.main(["--execute", "--jobs", "-1"])
+    assert exit_.value.code == 2 and "expected a count >= 1" in capsys.readouterr().err
