@@ -67,16 +67,29 @@ def mlp_init(key: jax.Array, sizes: Sequence[int], init: str = "he",
 
     Returns:
       A list of ``(W, b)`` with ``W`` of shape ``(fan_in, fan_out)``.
+
+    The whole network comes from one normal draw (random-stream version 3): the
+    weights of every layer in order, then, when ``bias_scale > 0``, the biases. One
+    draw instead of one per array keeps the compiled init program small (a draw is a
+    threefry loop plus an inverse error function), and the weights of a seed do not
+    depend on ``bias_scale``.
     """
     sizes = check_sizes(sizes)
     choice("init", init, INITS)
-    params = []
-    keys = jax.random.split(key, 2 * (len(sizes) - 1))
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    layers = list(zip(sizes[:-1], sizes[1:], strict=True))
+    n_weights = sum(n_in * n_out for n_in, n_out in layers)
+    n_biases = sum(n_out for _, n_out in layers) if bias_scale else 0
+    z = jax.random.normal(key, (n_weights + n_biases,))
+    params, at_w, at_b = [], 0, n_weights
+    for n_in, n_out in layers:
         scale = {"he": (2.0 / n_in) ** 0.5, "lecun": (1.0 / n_in) ** 0.5, "normal": 1.0}[init]
-        w = scale * jax.random.normal(keys[2 * i], (n_in, n_out))
-        b = (bias_scale * jax.random.normal(keys[2 * i + 1], (n_out,)) if bias_scale
-             else jnp.zeros((n_out,)))
+        w = scale * z[at_w:at_w + n_in * n_out].reshape(n_in, n_out)
+        at_w += n_in * n_out
+        if bias_scale:
+            b = bias_scale * z[at_b:at_b + n_out]
+            at_b += n_out
+        else:
+            b = jnp.zeros((n_out,), z.dtype)
         params.append((w, b))
     return params
 

@@ -694,3 +694,30 @@ def test_constant_target_value_is_a_swept_hyperparameter():
         # the risk at step 0 is E[(N(X) − ξ)²] of the same initial nets: it depends on ξ
         r0 = again["risk"].isel(step=0).values
         assert not np.allclose(r0[..., 0, :], r0[..., 1, :])
+
+
+@pytest.mark.parametrize("init", ["he", "lecun", "normal"])
+def test_mlp_init_is_one_draw_with_the_stated_variances(init):
+    """Random-stream version 3: a network is one normal draw (weights, then biases).
+    Every array has its stated variance (within 4 SE over 4000 seeds), arrays are
+    uncorrelated, the weights do not depend on bias_scale, and the lowered init holds
+    a single normal draw (one inverse error function)."""
+    sizes, n = (3, 5, 4, 1), 4000
+    keys = jax.vmap(jax.random.key)(jnp.arange(n))
+    nets = jax.jit(jax.vmap(lambda k: models.mlp_init(k, sizes, init, 0.7)))(keys)
+    bare = jax.jit(jax.vmap(lambda k: models.mlp_init(k, sizes, init)))(keys)
+    firsts = []
+    for (w, b), (w0, b0), fan_in in zip(nets, bare, sizes[:-1], strict=True):
+        want = {"he": 2.0 / fan_in, "lecun": 1.0 / fan_in, "normal": 1.0}[init]
+        for x, var in ((w, want), (b, 0.49)):
+            x = np.asarray(x, np.float64).reshape(n, -1)
+            got = np.mean(x ** 2)  # mean zero; SE of the mean square over n·k independent draws
+            assert abs(got - var) < 4 * var * math.sqrt(2 / x.size), (init, x.shape, got, var)
+            firsts.append(x[:, 0])
+        np.testing.assert_array_equal(w, w0)
+        assert not np.any(np.asarray(b0))
+    corr = np.corrcoef(np.stack(firsts))[np.triu_indices(len(firsts), 1)]
+    assert np.max(np.abs(corr)) < 4 / math.sqrt(n)
+    text = jax.jit(lambda k: models.mlp_init(k, sizes, init, 0.7)).lower(
+        jax.random.key(0)).as_text()
+    assert text.count("erf_inv") == 1

@@ -28,7 +28,7 @@ class Carry(NamedTuple):
     data: Any                   # data drawn once (shared, or per seed with a seed axis)
 
 
-STREAM_VERSION = 2
+STREAM_VERSION = 3
 """The version of the random streams (how keys and normals are derived from the seed).
 
 A member's keys are ``fold_in(fold_in(key(seed), 0), seed_index)`` -> init
@@ -44,6 +44,10 @@ are defined by step numbers, never by segments, so segment length, chunking and
 ensemble size change no bit; every grid point of a seed reads the same normals
 (common random numbers). Version 1 drew each step's noise with its own
 ``fold_in(noise_key, t)``.
+
+Version 3: :func:`sgdlab.models.mlp_init` draws a network with one normal call
+(the weights of every layer in order, then the biases), where version 2 split the
+init key into one key per weight and bias array.
 
 Any change to these derivations must increase the version: results, checkpoints
 and ``summary.json`` record it, and a checkpoint of another version is refused on
