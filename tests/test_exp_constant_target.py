@@ -71,9 +71,9 @@ def test_quick_preset_end_to_end(tmp_path, capsys):
 
 # ------------------------------------------------------------------ breaks at smoke size
 
-SMOKE = {"input_dim": [1], "steps": 200, "records": 9, "seeds": 64, "dead_seeds": 512,
+SMOKE = {"input_dim": [1], "steps": 400, "records": 9, "seeds": 64, "dead_seeds": 512,
          "n_eval": 512, "diverge_seeds": 4, "diverge_steps": 2, "diverge_gamma0": [0.1]}
-DEAD_SMOKE = {**SMOKE, "input_dim": [2], "n_eval": 16}
+DEAD_SMOKE = {**SMOKE, "input_dim": [2], "n_eval": 16, "steps": 200}
 """The dead network in d = 2: its output is constant on the box, so any evaluation sample gives
 the exact risk (c − ξ)², and the program compiles much faster than the exact 1-D integral."""
 
@@ -139,13 +139,14 @@ def test_summable_and_constant_schedules_swapped_fail_the_live_checks(monkeypatc
 def test_wrong_activation_fails_the_exact_integral_check(monkeypatch):
     """A leaky ReLU (slope 0.01) in the network the problem trains and samples, while the
     exact 1-D integral integrates the ReLU network of the same weights: the members' sample
-    risks leave their exact values by far more than risk_se (a few members carry most of the
-    difference, so the mean difference alone is within its wide SE at this size)."""
+    risks leave their exact values by several times risk_se (risk_se_scale, a median over
+    members, > 2; a few members carry most of the difference, so the mean difference alone
+    is within its wide SE at this size)."""
     leaky = types.SimpleNamespace(**vars(models))
     leaky.mlp_apply = lambda params, x, activation="relu": _leaky_apply(params, x)
     monkeypatch.setattr(problem_module, "models", leaky)
     failed = _failed(_smoke("live"), "risk_se_scale")
-    assert failed and all(q["value"] > 5 for q in failed)
+    assert failed and all(q["value"] > 2 for q in failed)
 
 
 def _leaky_apply(params, x):
