@@ -309,9 +309,9 @@ def _sample_checks(cfg, ds):
                 keep = ok & (sse[:, i] > SE_FLOOR * np.abs(samp[:, i]))
                 z = np.abs(samp[keep, i] - exact[keep, i]) / sse[keep, i]
                 m = z.size
-                scale = np.median(z) / Q75
+                scale = float(np.median(z)) / Q75 if m >= 2 else math.nan
                 out.append(quantity(
-                    "risk_se_scale", coords, scale, scale * MEDIAN_SE / math.sqrt(m), 1.0,
+                    "risk_se_scale", coords, scale, scale * MEDIAN_SE / math.sqrt(max(m, 1)), 1.0,
                     criterion="equal", oracle="exact 1-D integral",
                     note="median over members of |sample − exact| / risk_se, over its "
                          f"normal value Φ⁻¹(0.75) = {Q75:.4f}: 1 when risk_se is the "
