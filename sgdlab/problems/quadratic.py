@@ -126,6 +126,8 @@ def finite_quadratic(curvature, centers=None, batch_size: int = 1,
     init_scale = finite_float("init_scale", init_scale, low=0.0)
 
     def init_fn(key):
+        if not init_scale:  # no zero-scale draw: it would cost the init program a threefry
+            return as_float_array(w0)
         return as_float_array(w0) + init_scale * jax.random.normal(key, (d,))
 
     def loss(w, cb, hp):
@@ -323,6 +325,8 @@ def potential_1d(kind: str | Callable = "double-well", *, curvature: float = 1.0
     sigma = math.sqrt(noise_var)
 
     def init_fn(key):
+        if not init_scale:  # no zero-scale draw (the same start, bit for bit)
+            return as_float_array(w0)
         return w0 + init_scale * jax.random.normal(key, ())
 
     def loss(w, b, hp):
