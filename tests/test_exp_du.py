@@ -6,6 +6,7 @@ correct code passes every check (the kernel-trajectory slope there is -0.53 ± 0
 each break below moves it by > 10 standard errors.
 """
 
+import collections
 import dataclasses
 import functools
 import json
@@ -19,6 +20,7 @@ import pytest
 
 import sgdlab.experiments as ex
 from sgdlab import cli, engine, models, theory
+from sgdlab.engine import _compiled as engine_compiled
 from sgdlab.experiments import du
 from sgdlab.problems import du_two_layer
 from sgdlab.theory.du import du_kernel_residual
@@ -109,6 +111,9 @@ def _run_broken(monkeypatch, brk):
                             functools.partial(du_two_layer, reduction="sum"))
     if brk == "leaky_relu_grad":
         monkeypatch.setitem(models.ACTIVATIONS, "relu", _leaky_derivative_relu(0.1))
+        # the patched global is not part of a program's cache key: compile into a private
+        # cache, so that this run cannot reuse a correct program and later runs not this one
+        monkeypatch.setattr(engine_compiled, "_PROGRAMS", collections.OrderedDict())
     studies = du._studies(cfg, 0)
     studies = {k: dataclasses.replace(s, hparams={"learning_rate": cfg["learning_rate"] * scale})
                for k, s in studies.items()}
