@@ -89,9 +89,9 @@ divergence sweep from ``seed + SEED_STRIDE//2``: independent ensembles."""
 Z95 = 1.959963984540054
 Q75 = 0.6744897501960817
 """Φ⁻¹(0.75): the median of |z| for z ~ N(0, 1)."""
-MEDIAN_SE = 1 / (4 * Q75 * 0.317776572684107)
+MEDIAN_SE = 1 / (4 * Q75 * math.exp(-Q75 ** 2 / 2) / math.sqrt(2 * math.pi))
 """√m × the SE of median(|z|) / Φ⁻¹(0.75) over m members with z ~ N(0, s²), per unit s:
-1 / (4 q φ(q)) at q = Φ⁻¹(0.75), φ(q) = 0.3178 (about 1.166)."""
+1 / (4 q φ(q)) at q = Φ⁻¹(0.75) (about 1.166)."""
 
 
 def _sizes(cfg, d: int) -> tuple[int, ...]:
