@@ -21,12 +21,12 @@ __version__ = "0.1.0"
 import importlib
 import os
 
-# Programs read back from JAX's persistent compile cache make jaxlib's CPU loader log a
-# spurious multi-line error per program on some x86 CPUs (jax-ml/jax#38445). When the cache
-# is asked for, keep only fatal C++ messages unless the user set the level. Must happen
-# before jax is imported.
+# Programs read back from JAX's persistent compile cache (on by default) make jaxlib's CPU
+# loader log a spurious multi-line error per program on some x86 CPUs (jax-ml/jax#38445).
+# Unless the cache is turned off, keep only fatal C++ messages unless the user set the level.
+# Must happen before jax is imported.
 _cache_env = os.environ.get("SGDLAB_COMPILE_CACHE", "").strip().lower()
-if _cache_env and _cache_env not in ("0", "off", "false", "no"):
+if _cache_env not in ("0", "off", "false", "no"):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from sgdlab import data, engine, losses, models, optim, problems, results  # noqa: E402

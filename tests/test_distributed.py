@@ -234,9 +234,12 @@ def test_a_process_that_fails_stops_the_others_and_the_run_resumes(setup, tmp_pa
 def test_sigterm_stops_both_with_checkpoint_and_changed_config_refused(setup, tmp_path):
     script, ref = setup
     ckpt = tmp_path / "c.npz"
-    job = _Job(script, 2, ckpt, tmp_path / "x.zarr", delay=0.05)
+    # slow ticks (0.3 s; process 0's four chunks take 12 s), and the signal only once process 1
+    # is in its run loop: a process that reads its programs from the compile cache may start
+    # its chunks well before the other
+    job = _Job(script, 2, ckpt, tmp_path / "x.zarr", delay=0.3)
     try:
-        _wait_for(lambda: _files(ckpt, "carry"))
+        _wait_for(lambda: {f"carry{c}.npz" for c in (1, 3, 5, 7)} & set(_files(ckpt, "carry")))
         job.procs[1].send_signal(signal.SIGTERM)
         res = job.wait()
     finally:

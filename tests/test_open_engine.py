@@ -369,6 +369,8 @@ def test_static_sweep_over_batch_size_equals_separate_runs_bitwise():
 
 
 def test_second_run_in_a_fresh_process_reads_the_compiled_program_from_the_cache(tmp_path):
+    """The cache is on by default (in $XDG_CACHE_HOME/sgdlab/jax); SGDLAB_COMPILE_CACHE moves
+    it or (=0) turns it off."""
     import os
     import subprocess
     import sys
@@ -383,20 +385,53 @@ def test_second_run_in_a_fresh_process_reads_the_compiled_program_from_the_cache
         "sl.run(st, progress=False)\n"
         "print('cache', jax.config.jax_compilation_cache_dir, 'hits', len(hits))\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")
-           and not k.startswith("JAX_PERSISTENT_CACHE")}
-    env["SGDLAB_COMPILE_CACHE"] = str(tmp_path / "cache")
-    outs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                           text=True, timeout=600) for _ in range(2)]
-    for o in outs:
+           and not k.startswith("JAX_PERSISTENT_CACHE") and k != "SGDLAB_COMPILE_CACHE"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+
+    def run(**extra):
+        o = subprocess.run([sys.executable, "-c", script], env={**env, **extra},
+                           capture_output=True, text=True, timeout=600)
         assert o.returncode == 0, o.stderr[-2000:]
-    first, second = (o.stdout.split()[-1] for o in outs)
-    assert str(tmp_path / "cache") in outs[0].stdout
-    assert int(second) >= int(first) + 2  # the init and segment programs were read back
-    assert any((tmp_path / "cache").iterdir())
-    env["SGDLAB_COMPILE_CACHE"] = "0"
-    off = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert off.returncode == 0 and int(off.stdout.split()[-1]) == 0
+        return o.stdout.split()[-3], int(o.stdout.split()[-1])
+
+    default = tmp_path / "xdg" / "sgdlab" / "jax"
+    (d1, first), (d2, second) = run(), run()
+    assert d1 == d2 == str(default)
+    assert second >= first + 2  # the init and segment programs were read back
+    assert any(default.glob("*-cache")) and not list(default.glob(".*.tmp"))
+    moved = tmp_path / "moved"
+    (d3, cold), (_, warm) = (run(SGDLAB_COMPILE_CACHE=str(moved)) for _ in range(2))
+    assert d3 == str(moved) and warm >= cold + 2
+    assert run(SGDLAB_COMPILE_CACHE="0")[1] == 0
+
+
+def test_a_cache_entry_is_whole_or_absent_when_its_writer_is_killed(tmp_path):
+    """SIGKILL while an entry is being written leaves no torn entry (JAX's own file cache
+    writes in place: a later reader would get a truncated program)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    size = 200_000_000
+    script = (
+        "import sgdlab as sl, jax\n"
+        f"sl.engine.compile_cache({str(tmp_path)!r})\n"
+        "from jax._src import compilation_cache as cc\n"
+        "print('ready', flush=True)\n"
+        f"cc._cache.put('k', b'x' * {size})\n")
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    t0 = time.time()
+    while not any(f.stat().st_size > 0 for f in tmp_path.iterdir() if f.is_file()):
+        assert time.time() - t0 < 60 and p.poll() is None, "the writer never started"
+        time.sleep(0.001)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    entries = list(tmp_path.glob("*-cache"))
+    assert all(f.stat().st_size == size for f in entries), [f.stat().st_size for f in entries]
+    if not entries:  # killed mid-write: only the writer's temporary file is left
+        assert list(tmp_path.glob(".k.*.tmp"))
 
 
 # --------------------------------------------------------------------------- user recorders

@@ -45,6 +45,8 @@ compiling), ``_cache`` (the persistent compilation cache). Provenance helpers
 live in :mod:`sgdlab.provenance`.
 """
 
+import jax
+
 from sgdlab.engine import _compiled
 from sgdlab.engine._cache import compile_cache
 from sgdlab.engine._cache import requested as _cache_requested
@@ -76,8 +78,8 @@ from sgdlab.engine._state import (
 from sgdlab.engine._study import Study
 from sgdlab.provenance import config_diff, config_json, device_description, versions
 
-if _cache_requested():
-    compile_cache()
+if _cache_requested() and jax.config.jax_enable_compilation_cache:
+    compile_cache()  # on by default; JAX_ENABLE_COMPILATION_CACHE=false is respected
 
 
 def __getattr__(name: str):

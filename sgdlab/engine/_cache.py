@@ -1,18 +1,36 @@
-"""JAX's persistent compilation cache: on by default on accelerators, opt-in on CPU.
+"""JAX's persistent compilation cache: on by default, with entries written atomically.
 
-On CPU, jaxlib 0.10's loader of cached executables is unreliable: on x86 CPUs whose
-LLVM tuning flags it takes for ISA features it logs a long error per program
-(jax-ml/jax#38445), and in this project's CI it crashed (SIGSEGV inside
-``compilation_cache.get_executable_and_time``) reading an entry written by an earlier
-process. So on CPU the cache is used only when asked for (``SGDLAB_COMPILE_CACHE=PATH``
-or ``=1``, or :func:`compile_cache`); on a GPU or TPU it is on by default.
+Every compiled program is kept on disk, so rerunning a study (in this process or a
+new one), or a test suite rerunning the same shapes, reads its programs instead of
+compiling them. The cache is turned on when :mod:`sgdlab.engine` is imported, unless
+``SGDLAB_COMPILE_CACHE=0`` (or ``off``) or the user configured JAX's own cache
+directory (``JAX_COMPILATION_CACHE_DIR``), which is then kept.
+
+Entries are written to a temporary file and renamed into place. JAX's own file cache
+(jax 0.10) writes an entry in place without a lock, so a process that reads it while
+another writes it, or after that writer was killed, reads a torn entry (JAX then warns
+and recompiles, every time, because a present entry is never rewritten). Renaming
+makes an entry appear whole or not at all.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import warnings
+from pathlib import Path
 
 import jax
+
+_SUFFIX = "-cache"  # the file name JAX's own cache uses, so either reads the other's entries
+
+
+def _default_dir() -> str:
+    env = os.environ.get("SGDLAB_COMPILE_CACHE", "").strip()
+    if env and env.lower() not in ("1", "on", "true", "yes"):
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "sgdlab", "jax")
 
 
 def compile_cache(path: str | os.PathLike | None | bool = None) -> str | None:
@@ -22,63 +40,112 @@ def compile_cache(path: str | os.PathLike | None | bool = None) -> str | None:
     0), so rerunning a study, in this process or a new one, reads the program
     instead of compiling it. Args: ``path`` a directory, ``None`` for the default
     (``$SGDLAB_COMPILE_CACHE`` if set to a path, else ``$XDG_CACHE_HOME/sgdlab/jax``
-    or ``~/.cache/sgdlab/jax``), ``False`` (or ``SGDLAB_COMPILE_CACHE=0``) to turn
-    it off. Called on import when ``SGDLAB_COMPILE_CACHE`` asks for it, and by
-    :func:`auto_enable` on the first run on an accelerator; a directory already set
-    through JAX (``JAX_COMPILATION_CACHE_DIR``) is kept.
+    or ``~/.cache/sgdlab/jax``; a directory already set through JAX is kept),
+    ``False`` (or ``SGDLAB_COMPILE_CACHE=0`` with ``path=None``) to turn it off.
+    Called when :mod:`sgdlab.engine` is imported.
     """
-    env = os.environ.get("SGDLAB_COMPILE_CACHE", "").strip()
-    if env.lower() in ("1", "on", "true", "yes"):
-        env = ""
-    if path is False or (path is None and env.lower() in ("0", "off", "false", "no")):
+    if path is False or (path is None and not requested()):
         jax.config.update("jax_enable_compilation_cache", False)
         return None
     if path is None or path is True:
         current = jax.config.jax_compilation_cache_dir
-        if current and not env:
-            path = current
-        else:
-            base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-                os.path.expanduser("~"), ".cache")
-            path = env or os.path.join(base, "sgdlab", "jax")
+        env = os.environ.get("SGDLAB_COMPILE_CACHE", "").strip()
+        explicit = env and env.lower() not in ("1", "on", "true", "yes")
+        path = current if current and not explicit else _default_dir()
     path = os.fspath(path)
     if jax.config.jax_compilation_cache_dir != path:
         _reset()  # a cache already opened elsewhere is reopened at the new place
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:  # an unwritable place costs compiles, never the run
+        warnings.warn(f"sgdlab: compile cache off ({path} cannot be created: {e.strerror}); "
+                      "set SGDLAB_COMPILE_CACHE=PATH to move it", stacklevel=2)
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _install(path)
     return path
 
 
-def _reset() -> None:
-    try:
-        from jax._src import compilation_cache
-        if compilation_cache.is_initialized():
-            compilation_cache.reset_cache()
-    except (ImportError, AttributeError):  # a JAX without these internals: keep its cache
-        pass
-
-
 def requested() -> bool:
-    """Whether ``SGDLAB_COMPILE_CACHE`` asks for the cache (a path, or 1/on/true/yes)."""
+    """Whether the cache is wanted: yes unless ``SGDLAB_COMPILE_CACHE`` is 0/off/false/no."""
     env = os.environ.get("SGDLAB_COMPILE_CACHE", "").strip().lower()
-    return bool(env) and env not in ("0", "off", "false", "no")
+    return env not in ("0", "off", "false", "no")
 
 
-_AUTO = {"done": False}
+def _jax_cache_module():
+    """JAX's cache module, or None for a JAX whose internals differ (its own cache is used)."""
+    try:
+        from jax._src import compilation_cache as cc
+        from jax._src.compilation_cache_interface import CacheInterface
+    except ImportError:
+        return None, None
+    needed = ("_cache", "_cache_initialized", "_cache_initialized_mutex", "reset_cache")
+    if not all(hasattr(cc, n) for n in needed):
+        return None, None
+    return cc, CacheInterface
 
 
-def auto_enable() -> None:
-    """Before the first run: turn the cache on at its default place on a GPU or TPU.
+def _reset() -> None:
+    cc, _ = _jax_cache_module()
+    if cc is not None:
+        cc.reset_cache()
 
-    Does nothing when the user chose (``SGDLAB_COMPILE_CACHE`` set, or a JAX cache
-    directory configured) or the backend is the CPU (see the module docstring).
-    """
-    if _AUTO["done"]:
+
+def _install(path: str) -> None:
+    """Make JAX read and write entries through :class:`_AtomicFiles` at ``path``."""
+    cc, interface = _jax_cache_module()
+    if cc is None:
         return
-    _AUTO["done"] = True
-    if os.environ.get("SGDLAB_COMPILE_CACHE", "").strip() or jax.config.jax_compilation_cache_dir:
-        return
-    if jax.default_backend() != "cpu":
-        compile_cache(None)
+    cache = _atomic_files_class(interface)(path)
+    with cc._cache_initialized_mutex:
+        cc._cache = cache
+        cc._cache_initialized = True
+
+
+_CLASS: dict = {}
+
+
+def _atomic_files_class(interface):
+    """The atomic file cache as a subclass of JAX's cache interface (built once)."""
+    if "cls" in _CLASS:
+        return _CLASS["cls"]
+
+    class _AtomicFiles(interface):
+        """One file per entry; a new entry is written under a unique name, then renamed."""
+
+        def __init__(self, path: str):
+            self._path = Path(path)
+            self._lock = threading.Lock()
+
+        def get(self, key: str) -> bytes | None:
+            if not key:
+                raise ValueError("key cannot be empty")
+            try:
+                return (self._path / f"{key}{_SUFFIX}").read_bytes()
+            except FileNotFoundError:
+                return None
+
+        def put(self, key: str, value: bytes) -> None:
+            if not key:
+                raise ValueError("key cannot be empty")
+            final = self._path / f"{key}{_SUFFIX}"
+            if final.exists():
+                return
+            with self._lock:
+                tmp = self._path / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
+                try:
+                    tmp.write_bytes(value)
+                    os.replace(tmp, final)  # atomic: readers see all of it or nothing
+                except OSError:
+                    tmp.unlink(missing_ok=True)  # a full disk costs a compile, not the run
+
+        def clear(self) -> None:
+            for f in self._path.glob(f"*{_SUFFIX}"):
+                f.unlink(missing_ok=True)
+
+    _CLASS["cls"] = _AtomicFiles
+    return _AtomicFiles

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -14,7 +16,6 @@ import numpy as np
 
 from sgdlab._progress import Progress
 from sgdlab._validate import fail
-from sgdlab.engine._cache import auto_enable
 from sgdlab.engine._checkpoint import Checkpoint, ChunkStore
 from sgdlab.engine._compiled import _arrays, _Program, _program
 from sgdlab.engine._distributed import Coordination
@@ -137,7 +138,6 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
     """
     from sgdlab import results  # the result store imports the engine lazily, and vice versa
 
-    auto_enable()
     if study.static is not None:
         return _run_static(study, progress=progress, chunk_size=chunk_size,
                            memory_budget=memory_budget, devices=devices, checkpoint=checkpoint,
@@ -381,8 +381,8 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
         raise Interrupted(f"stopped {where} (process {co.pid + 1}/{co.nproc})")
 
     try:
-        _work_chunks(mine, prog, p, study, store, ckpt, co, pacer, bar, carries, chash,
-                     part_meta, config, hp, arrays, base_seed, stop_seen, stop)
+        _work_chunks(_ChunkRun(study, prog, p, store, ckpt, co, pacer, bar, config, part_meta,
+                               (hp, arrays, base_seed), stop_seen, stop), mine, carries)
     except Interrupted:
         raise
     except BaseException as e:  # the others must not wait for this process's chunks
@@ -422,9 +422,29 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
     return ds
 
 
-def _work_chunks(mine, prog, p, study, store, ckpt, co, pacer, bar, carries, chash, part_meta,
-                 config, hp, arrays, base_seed, stop_seen, stop):
-    """Run this process's chunks of :func:`_run_chunked`, checkpointing as due."""
+@dataclasses.dataclass(frozen=True)
+class _ChunkRun:
+    """What every chunk of one :func:`_run_chunked` call shares."""
+
+    study: Study
+    prog: _Program
+    p: Plan
+    store: ChunkStore
+    ckpt: Checkpoint
+    co: Coordination
+    pacer: _Pacer
+    bar: Progress
+    config: dict
+    part_meta: dict  # written with every carry and chunk (config hash, stream version)
+    inputs: tuple  # (hp, arrays, base_seed): the traced inputs of every chunk
+    stop_seen: Callable[[], bool]
+    stop: Callable[[str], bool]
+
+
+def _work_chunks(r: _ChunkRun, mine: list[int], carries: dict[int, int]):
+    """Run this process's chunks (``mine``), from their checkpointed segment in ``carries``."""
+    study, prog, p, co = r.study, r.prog, r.p, r.co
+    hp, arrays, base_seed = r.inputs
     template = None
     for c in mine:
         idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
@@ -434,30 +454,31 @@ def _work_chunks(mine, prog, p, study, store, ckpt, co, pacer, bar, carries, cha
         if first:
             if template is None:
                 template = jax.eval_shape(prog.init, hp, seed_index, valid_j, base_seed, arrays)
-            meta, leaves = store.read_carry(c)
-            if meta.get("config") != chash or meta["segment"] != first:
-                fail("checkpoint", store.dir, f"carry{c}.npz belongs to another run; use --force")
+            meta, leaves = r.store.read_carry(c)
+            if meta.get("config") != r.part_meta["config"] or meta["segment"] != first:
+                fail("checkpoint", r.store.dir,
+                     f"carry{c}.npz belongs to another run; use --force")
             carry = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
                                                  [jnp.asarray(x) for x in leaves])
         else:
             carry = prog.init(hp, seed_index, valid_j, base_seed, arrays)
         start = carry
-        for carry, seg, k in pacer.calls(prog, start, first, p.segments, c * study.steps,
-                                         (hp, seed_index, valid_j, base_seed, arrays)):
-            bar.tick(k, f"chunk {c + 1}/{p.chunks}, process {co.pid + 1}/{co.nproc}")
+        for carry, seg, k in r.pacer.calls(prog, start, first, p.segments, c * study.steps,
+                                           (hp, seed_index, valid_j, base_seed, arrays)):
+            r.bar.tick(k, f"chunk {c + 1}/{p.chunks}, process {co.pid + 1}/{co.nproc}")
             if seg + 1 == p.segments:
-                store.write_chunk(c, _collect(prog, carry, valid), part_meta)
-                if stop_seen():
-                    stop(f"after chunk {c + 1}/{p.chunks}")
-            elif stop_seen():
-                store.write_carry(c, seg + 1, carry, part_meta)
-                stop(f"after segment {seg + 1}/{p.segments} of chunk {c + 1}/{p.chunks}")
-            elif ckpt.due(step := c * study.steps + (seg + 1) * p.segment_steps):
-                store.write_carry(c, seg + 1, carry, part_meta)
-                ckpt.last_time, ckpt.last_step = time.perf_counter(), step
-                ckpt.writes += 1
+                r.store.write_chunk(c, _collect(prog, carry, valid), r.part_meta)
+                if r.stop_seen():
+                    r.stop(f"after chunk {c + 1}/{p.chunks}")
+            elif r.stop_seen():
+                r.store.write_carry(c, seg + 1, carry, r.part_meta)
+                r.stop(f"after segment {seg + 1}/{p.segments} of chunk {c + 1}/{p.chunks}")
+            elif r.ckpt.due(step := c * study.steps + (seg + 1) * p.segment_steps):
+                r.store.write_carry(c, seg + 1, carry, r.part_meta)
+                r.ckpt.last_time, r.ckpt.last_step = time.perf_counter(), step
+                r.ckpt.writes += 1
                 if co.pid == 0:
-                    store.write_manifest(_manifest(config, p, store.scan()[0], co.nproc))
+                    r.store.write_manifest(_manifest(r.config, p, r.store.scan()[0], co.nproc))
 
 
 def _run_static(study: Study, checkpoint=None, label: str = "sgdlab", **kw):
