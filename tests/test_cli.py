@@ -65,7 +65,7 @@ def test_set_override_reaches_the_compiled_run(tmp_path, capsys):
         out = tmp_path / f"lr{lr}"
         code, stdout, _ = run_cli(["run", "lzu-stationary", "--out", str(out), "--quiet",
                                    "--set", f"learning_rate={lr}", "--set", "momentum=0",
-                                   "--set", "seeds=1000", "--set", "steps=2000",
+                                   "--set", "seeds=400", "--set", "steps=2000",
                                    "--set", "burn_in=200"], capsys)
         assert code == 0, stdout
         q = next(q for q in json.loads((out / "summary.json").read_text())["quantities"]
