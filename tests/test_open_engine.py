@@ -434,6 +434,27 @@ def test_a_cache_entry_is_whole_or_absent_when_its_writer_is_killed(tmp_path):
         assert list(tmp_path.glob(".k.*.tmp"))
 
 
+def test_the_cache_is_bounded_by_dropping_its_oldest_entries(tmp_path):
+    import os
+    import time
+
+    from sgdlab.engine import _cache
+
+    now = time.time()
+    for i in range(10):  # ten entries of 100 bytes, entry 0 written first
+        f = tmp_path / f"k{i}-cache"
+        f.write_bytes(b"x" * 100)
+        os.utime(f, (now - 1000 + i, now - 1000 + i))
+    dead, live = tmp_path / ".k.1.2.tmp", tmp_path / ".k.3.4.tmp"
+    for f, age in ((dead, 7200), (live, 10)):
+        f.write_bytes(b"y")
+        os.utime(f, (now - age, now - age))
+    assert _cache.prune(tmp_path, max_bytes=1000) == 0  # at the bound: nothing goes
+    assert not dead.exists() and live.exists()  # a writer dead for an hour leaves nothing
+    assert _cache.prune(tmp_path, max_bytes=800) == 4  # down to 3/4 of the bound
+    assert sorted(f.name for f in tmp_path.glob("*-cache")) == [f"k{i}-cache" for i in range(4, 10)]
+
+
 # --------------------------------------------------------------------------- user recorders
 
 

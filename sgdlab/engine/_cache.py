@@ -10,13 +10,16 @@ Entries are written to a temporary file and renamed into place. JAX's own file c
 (jax 0.10) writes an entry in place without a lock, so a process that reads it while
 another writes it, or after that writer was killed, reads a torn entry (JAX then warns
 and recompiles, every time, because a present entry is never rewritten). Renaming
-makes an entry appear whole or not at all.
+makes an entry appear whole or not at all. The cache is bounded (:data:`MAX_BYTES`,
+2 GiB unless ``SGDLAB_COMPILE_CACHE_MAX_GB`` says otherwise): opening a cache above the
+bound drops its oldest entries (:func:`prune`).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -95,8 +98,52 @@ def _reset() -> None:
         cc.reset_cache()
 
 
+MAX_BYTES = 2 * 1024**3
+"""The cache's size bound: when a process opens a cache above it, the entries written
+longest ago go until it is under ¾ of it (``SGDLAB_COMPILE_CACHE_MAX_GB`` changes it)."""
+
+
+def prune(path: str | os.PathLike, max_bytes: int | None = None) -> int:
+    """Bound the cache at ``path``: drop the oldest entries (by write time) while it holds
+    more than ``max_bytes``, down to ¾ of it, and temporary files of writers that died
+    over an hour ago. Returns the number of entries dropped. A reader of a dropped entry
+    sees a miss and compiles."""
+    if max_bytes is None:
+        env = os.environ.get("SGDLAB_COMPILE_CACHE_MAX_GB", "").strip()
+        max_bytes = int(float(env) * 1024**3) if env else MAX_BYTES
+    now, entries = time.time(), []
+    try:
+        for f in os.scandir(path):
+            st = f.stat()
+            if f.name.endswith(".tmp") and now - st.st_mtime > 3600:
+                _unlink(f.path)
+            elif f.name.endswith(_SUFFIX):
+                entries.append((st.st_mtime, st.st_size, f.path))
+    except OSError:
+        return 0
+    total = sum(e[1] for e in entries)
+    if total <= max_bytes:
+        return 0
+    dropped = 0
+    for _, size, f in sorted(entries):
+        if total <= 0.75 * max_bytes:
+            break
+        _unlink(f)
+        total -= size
+        dropped += 1
+    return dropped
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:  # gone already (another process pruned it)
+        pass
+
+
 def _install(path: str) -> None:
     """Make JAX read and write entries through :class:`_AtomicFiles` at ``path``."""
+    prune(path)
     cc, interface = _jax_cache_module()
     if cc is None:
         return
