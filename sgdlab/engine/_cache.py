@@ -49,7 +49,7 @@ def compile_cache(path: str | os.PathLike | None | bool = None) -> str | None:
     """
     if path is False or (path is None and not requested()):
         jax.config.update("jax_enable_compilation_cache", False)
-        _reset()  # JAX remembers per process that it uses a cache: make it ask again
+        _reset()  # drop the opened store too (the config switch alone already stops its use)
         return None
     if path is None or path is True:
         current = jax.config.jax_compilation_cache_dir
