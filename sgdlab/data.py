@@ -26,10 +26,20 @@ Minibatch modes for a fixed data set of ``N`` examples and batch size ``S`` (the
 
 Online sources (:func:`online`) draw fresh i.i.d. samples every step (Hutzenthaler
 et al. 2021, arXiv:2112.07369; online linear regression in arXiv:2102.05375).
+
+Blocks of steps. A source may also give ``block(data, key, b, B)``: the batches of
+the ``B`` steps ``t = bB + 1, ..., bB + B`` stacked on a leading axis, drawn from
+``block_key(key, b)`` in one call. Then the engine reads step ``t``'s batch as row
+``(t - 1) % B`` of block ``(t - 1) // B`` (``B`` = :func:`block_steps`, a function of
+the batch's size alone), one key derivation per block of steps instead of one per
+step; ``batch`` still gives step 0's batch. :func:`step_batch` is the batch of any
+step, whichever way the source draws it. Blocks are fixed by step numbers, so the
+stream does not depend on how a run is cut into segments or chunks.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -41,19 +51,85 @@ from sgdlab._validate import choice, fail, positive_int
 MODES = ("with_replacement", "without_replacement", "full")
 
 
+BLOCK_ELEMENTS = 4096
+"""At most this many numbers per seed in one block of batches (see :func:`block_steps`)."""
+
+BLOCK_TAG = 2**31 - 1
+"""``block_key(key, b) = fold_in(fold_in(key, BLOCK_TAG), b)``: no step ``t`` uses this tag."""
+
+
 class DataSource(NamedTuple):
-    """How a member gets its data (see the module docstring)."""
+    """How a member gets its data (see the module docstring).
+
+    ``block`` (optional): ``block(data, key, b, B)`` -> the batches of steps
+    ``bB + 1 .. bB + B`` with a leading axis ``B``, drawn from :func:`block_key`; each
+    row must have the law of one step's ``batch`` and rows must be independent.
+    """
 
     init: Callable[[jax.Array], Any]
     batch: Callable[[Any, jax.Array, jax.Array], Any]
     shared: bool = False
     batch_size: int = 1
     description: str = ""
+    block: Callable[[Any, jax.Array, jax.Array, int], Any] | None = None
+
+
+def block_key(key: jax.Array, b) -> jax.Array:
+    """The key of block ``b`` of a seed's data key (distinct from every step's key)."""
+    return jax.random.fold_in(jax.random.fold_in(key, BLOCK_TAG), b)
+
+
+def block_steps(source: DataSource, data: Any = None) -> int:
+    """Steps per block of ``source`` (1 when it draws step by step).
+
+    A power of two from 1 to 64, the largest with ``B ×`` (numbers in one batch)
+    ``≤ BLOCK_ELEMENTS``: a function of the batch's shape alone, so the stream is too.
+    """
+    if source.block is None:
+        return 1
+    shapes = jax.eval_shape(lambda d: source.batch(d, jax.random.key(0), jnp.int32(1)), data)
+    n = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
+    b = 64
+    while b > 1 and b * max(1, n) > BLOCK_ELEMENTS:
+        b //= 2
+    return b
+
+
+def step_batch(source: DataSource, data: Any, key: jax.Array, t) -> Any:
+    """The batch the engine gives a seed with data key ``key`` at step ``t``.
+
+    ``source.batch(data, key, t)`` for a source without blocks and at step 0; else
+    row ``(t - 1) % B`` of ``source.block(data, key, (t - 1) // B, B)``.
+    """
+    t = jnp.asarray(t, jnp.int32)
+    if source.block is None:
+        return source.batch(data, key, t)
+    B = block_steps(source, data)
+    i = jnp.maximum(t - 1, 0)
+    rows = source.block(data, key, i // B, B)
+    row = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, i % B, 0, False),
+                                 rows)
+    first = source.batch(data, key, t)
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(t == 0, a, b), first, row)
+
+
+def _stacked(sample: Callable[[jax.Array, int], Any], batch_size: int):
+    """``block`` of an i.i.d.-rows sampler: ``sample(key, B·n)`` cut into ``B`` batches."""
+    def block(data, key, b, B):
+        del data
+        rows = sample(block_key(key, b), B * batch_size)
+        return jax.tree_util.tree_map(lambda x: x.reshape((B, batch_size) + x.shape[1:]), rows)
+    return block
 
 
 def online(sample: Callable[[jax.Array, int], Any], batch_size: int,
-           description: str = "online") -> DataSource:
-    """Fresh i.i.d. samples each step: ``batch = sample(fold_in(key, t), batch_size)``."""
+           description: str = "online", iid_rows: bool = False) -> DataSource:
+    """Fresh i.i.d. samples each step: ``batch = sample(fold_in(key, t), batch_size)``.
+
+    With ``iid_rows=True`` (``sample(key, n)`` returns arrays of ``n`` independent rows
+    with a leading axis ``n``), steps are drawn in blocks: one ``sample(block_key(key,
+    b), B·batch_size)`` cut into the ``B`` batches of block ``b`` (module docstring).
+    """
     batch_size = positive_int("batch_size", batch_size)
 
     def batch(data, key, t):
@@ -61,7 +137,8 @@ def online(sample: Callable[[jax.Array, int], Any], batch_size: int,
         return sample(jax.random.fold_in(key, t), batch_size)
 
     return DataSource(init=lambda key: None, batch=batch, shared=True,
-                      batch_size=batch_size, description=description)
+                      batch_size=batch_size, description=description,
+                      block=_stacked(sample, batch_size) if iid_rows else None)
 
 
 def fixed(make: Callable[[jax.Array], tuple[Any, ...]], n_data: int, batch_size: int,

@@ -37,7 +37,7 @@ def reference_loop(problem, lr, momentum, steps, seed_index, base_seed=0):
     state = tx.init(params)
     grad = jax.jit(jax.grad(problem.loss))
     for t in range(1, steps + 1):
-        batch = problem.data.batch(data, data_k, jnp.int32(t))
+        batch = sl.data.step_batch(problem.data, data, data_k, t)
         g = grad(params, batch, {})
         updates, state = tx.update(g, state, params)
         params = optax.apply_updates(params, updates)
@@ -282,6 +282,62 @@ def test_noise_stream_is_the_documented_block_stream_whatever_the_segments():
                                         (B, d)) for b in range(-(-steps // B))]
             expected = np.concatenate(blocks)[:steps]
             np.testing.assert_allclose(z[i], expected, rtol=0, atol=1e-12)
+
+
+def test_data_stream_is_the_documented_block_stream_whatever_the_segments():
+    """Stream version 4: an online source with blocks gives step t row (t-1) % B of
+    block (t-1) // B, drawn from block_key(data_key, b); step_batch says the same;
+    segment length, chunking and ensemble size change no bit; the grid shares it."""
+    with jax.enable_x64(True):
+        d, steps = 3, 150
+        problem = sl.problems.noisy_quadratic([0.0] * d, [1.0] * d)  # grad = ξ_t
+        B = sl.data.block_steps(problem.data)
+        assert B == 64
+
+        def run(seeds=3, **kw):
+            study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": [1.0, 0.5]},
+                             steps=steps, seeds=seeds,
+                             observe=sl.Observe(("w",), at=tuple(range(steps + 1))), **kw)
+            return sl.run(study, progress=False).w.values
+
+        w = run(segment_steps=7)
+        np.testing.assert_array_equal(w, run(segment_steps=steps))
+        np.testing.assert_array_equal(w, run(segment_steps=64, chunk_size=2))
+        np.testing.assert_array_equal(w, run(seeds=5, segment_steps=32)[:, :3])
+        xi = -np.diff(w[0], axis=-2)  # [seed, step, d]
+        np.testing.assert_allclose(-np.diff(w[1], axis=-2), 0.5 * xi, atol=1e-12)  # common
+        for i in range(3):
+            key = engine.member_keys(0, i)[1]
+            blocks = [jax.random.normal(sl.data.block_key(key, b), (B, d))
+                      for b in range(-(-steps // B))]
+            expected = np.concatenate(blocks)[:steps]
+            np.testing.assert_allclose(xi[i], expected, rtol=0, atol=1e-12)
+            rows = jax.jit(jax.vmap(lambda t, k=key: sl.data.step_batch(
+                problem.data, None, k, t)))(jnp.arange(1, steps + 1))
+            np.testing.assert_allclose(np.asarray(rows), expected, rtol=0, atol=1e-12)
+        # the rows are N(0, 1) and uncorrelated from step to step (within and across blocks)
+        z = xi.reshape(-1, d)
+        n = z.shape[0]
+        assert abs(z.mean()) < 4 / math.sqrt(z.size)
+        assert abs(z.var() - 1) < 4 * math.sqrt(2 / z.size)
+        lag = np.mean(xi[:, 1:] * xi[:, :-1])
+        assert abs(lag) < 4 / math.sqrt(n * d)
+
+
+def test_default_segments_hold_whole_tiles_of_the_blocked_streams():
+    """A segment draws whole tiles of blocks: the default length is a multiple of the
+    tile (or the whole run where tiles would overrun it by more than a sixteenth)."""
+    quad = sl.problems.noisy_quadratic(1.0, 1.0)  # data blocks of 64 steps
+    assert engine.tile_steps(sl.Study(quad, sl.Optimizer("sgd"), {"learning_rate": 0.1},
+                                      steps=500, seeds=2)) == 64
+    for steps, seg in [(500, 64), (10_000, 512), (150, 150), (40, 40)]:
+        study = sl.Study(quad, sl.Optimizer("sgd"), {"learning_rate": 0.1}, steps=steps, seeds=2)
+        assert sl.plan(study).segment_steps == seg
+    # a source without blocks and no gradient noise: a twentieth of the run, as before
+    fixed = sl.problems.finite_quadratic([1.0], n_data=8, centers_cov=[1.0], batch_size=2,
+                                         mode="with_replacement")
+    study = sl.Study(fixed, sl.Optimizer("sgd"), {"learning_rate": 0.1}, steps=500, seeds=2)
+    assert engine.tile_steps(study) == 1 and sl.plan(study).segment_steps == 25
 
 
 def test_power_schedule_matches_closed_form_product():

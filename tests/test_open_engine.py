@@ -271,7 +271,7 @@ def test_user_optax_transformation_equals_plain_optax_loop_in_float64():
                     tx = optax.chain(optax.clip_by_global_norm(c), optax.sgd(lr))
                     state = tx.init(params)
                     for t in range(1, 26):
-                        g = grad(params, problem.data.batch(data, data_k, jnp.int32(t)), {})
+                        g = grad(params, sl.data.step_batch(problem.data, data, data_k, t), {})
                         updates, state = tx.update(g, state, params)
                         params = optax.apply_updates(params, updates)
                     ref = np.asarray(ravel_pytree(params)[0])

@@ -25,7 +25,7 @@ def first_batch(problem, t=1, seed=0):
     def draw():
         _, data_k, _ = engine.member_keys(0, seed)
         data = problem.data.init(engine.shared_key(0))
-        return data, problem.data.batch(data, data_k, jnp.int32(t))
+        return data, sl.data.step_batch(problem.data, data, data_k, t)
     return jax.jit(draw)()
 
 

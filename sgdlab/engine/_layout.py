@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgdlab._validate import fail, positive_int
-from sgdlab.engine._compiled import _arrays, _Program, _static_key
+from sgdlab.engine._compiled import _arrays, _Program, _static_key, tile_steps
 from sgdlab.engine._state import Carry
 from sgdlab.engine._study import Study
 
@@ -209,6 +209,19 @@ def _quick_bytes_per_seed(study: Study, segment: int) -> int:
     return per_seed
 
 
+def default_segment(study: Study) -> int:
+    """Steps per segment when the study does not set them: about a twentieth of the run,
+    rounded up to whole tiles of its blocked random streams (:func:`tile_steps`), or
+    the whole run where whole tiles would overrun it by more than a sixteenth."""
+    seg = max(1, -(-study.steps // 20))
+    tile = tile_steps(study)
+    if tile > 1:
+        seg = -(-seg // tile) * tile
+        if -(-study.steps // seg) * seg - study.steps > study.steps / 16:
+            seg = study.steps
+    return seg
+
+
 def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None = None,
          devices: int | None = None, measure: bool | None = None) -> Plan:
     """Lay a study out in chunks, device shards and segments; estimate the memory.
@@ -230,8 +243,7 @@ def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None 
                 for c, p in plans.items()}
         return StaticPlan(tuple(study.static), plans, len(keys))
     devices = _check_devices(devices)
-    segment = study.segment_steps or max(1, -(-study.steps // 20))
-    segment = min(segment, study.steps)
+    segment = min(study.segment_steps or default_segment(study), study.steps)
     b = study.block
     per_seed = _quick_bytes_per_seed(study, segment)
     budget = memory_budget or study.memory_budget or default_memory_budget()

@@ -28,7 +28,7 @@ class Carry(NamedTuple):
     data: Any                   # data drawn once (shared, or per seed with a seed axis)
 
 
-STREAM_VERSION = 3
+STREAM_VERSION = 4
 """The version of the random streams (how keys and normals are derived from the seed).
 
 A member's keys are ``fold_in(fold_in(key(seed), 0), seed_index)`` -> init
@@ -48,6 +48,13 @@ ensemble size change no bit; every grid point of a seed reads the same normals
 Version 3: :func:`sgdlab.models.mlp_init` draws a network with one normal call
 (the weights of every layer in order, then the biases), where version 2 split the
 init key into one key per weight and bias array.
+
+Version 4: a data source with a ``block`` (:mod:`sgdlab.data`: online sources with
+i.i.d. rows, ``noisy_quadratic``, ``linear_regression``, ``mlp_regression``,
+``potential_1d``'s Gaussian noise) is read in fixed blocks of
+:func:`sgdlab.data.block_steps` steps, one draw from ``block_key(data_key, b)`` per
+block, where version 3 drew every step's batch from ``fold_in(data_key, t)``
+(:func:`sgdlab.data.step_batch` is the batch of step ``t`` either way).
 
 Any change to these derivations must increase the version: results, checkpoints
 and ``summary.json`` record it, and a checkpoint of another version is refused on

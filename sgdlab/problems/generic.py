@@ -56,6 +56,10 @@ def _noisy_quadratic(a) -> Problem:
         del n
         return jax.random.normal(key, (d,))
 
+    def block(data, key, b, B):  # B steps' ξ in one draw
+        del data
+        return jax.random.normal(data_lib.block_key(key, b), (B, d))
+
     def loss(w, xi, hp):
         return 0.5 * w @ (a["K"] @ w) + (a["L"] @ xi) @ w
 
@@ -64,7 +68,7 @@ def _noisy_quadratic(a) -> Problem:
 
     return Problem(
         name="noisy_quadratic", init=init, loss=loss,
-        data=data_lib.online(sample, 1, "gradient noise ξ ~ N(0, I)"),
+        data=data_lib.online(sample, 1, "gradient noise ξ ~ N(0, I)")._replace(block=block),
         risk=risk, observables=vector_observables())
 
 
@@ -123,7 +127,7 @@ def _linear_regression(a, *, batch_size: int, reduction: str) -> Problem:
 
     return Problem(
         name="linear_regression", init=init, loss=loss,
-        data=data_lib.online(sample, batch_size, "x ~ N(0, A), y = x·w* + σε"),
+        data=data_lib.online(sample, batch_size, "x ~ N(0, A), y = x·w* + σε", iid_rows=True),
         risk=risk, observables=vector_observables(a["w_star"]))
 
 
@@ -206,6 +210,11 @@ def _mlp_regression(a, *, sizes, activation, target, teacher_sizes, inputs, box,
         x = sample_x(jax.random.fold_in(key, t), batch_size)
         return x, label(data["teacher"], x)
 
+    def block(data, key, b, B):  # B steps' inputs in one draw, labelled together
+        x = sample_x(data_lib.block_key(key, b), B * batch_size)
+        y = label(data["teacher"], x)
+        return x.reshape(B, batch_size, d), y.reshape((B, batch_size) + y.shape[1:])
+
     def apply(params, x):
         return models.mlp_apply(params, x, activation)
 
@@ -225,7 +234,8 @@ def _mlp_regression(a, *, sizes, activation, target, teacher_sizes, inputs, box,
 
     source = data_lib.DataSource(init=data_init, batch=batch, shared=True,
                                  batch_size=batch_size,
-                                 description=f"online {inputs} inputs, {target} target")
+                                 description=f"online {inputs} inputs, {target} target",
+                                 block=block)
     return Problem(
         name="mlp_regression", init=lambda key: models.mlp_init(key, sizes, init),
         loss=loss, data=source, risk=risk, apply=apply,
