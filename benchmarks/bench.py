@@ -393,17 +393,26 @@ def _short(study: sl.Study, steps: int, **kw) -> sl.Study:
 
 
 def _rng_only(study: sl.Study, steps: int):
-    """Every seed's batch for ``steps`` steps (the engine draws once per seed)."""
-    problem = study.problem
-    data = baselines.shared_data(problem, study.seed)
+    """Every seed's batches for ``steps`` steps, drawn as the engine draws them: once per
+    seed (shared by its grid points), in blocks of steps where the source has blocks."""
+    source = study.problem.data
+    data = baselines.shared_data(study.problem, study.seed)
     keys = jax.random.split(jax.random.key(2), study.seeds)
+    B = sl.data.block_steps(source, data)
+
+    def total(tree):
+        return sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(tree))
 
     @jax.jit
     def run(keys):
-        def body(acc, t):
-            b = jax.vmap(lambda k: problem.data.batch(data, k, t))(keys)
-            return acc + sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(b)), None
-        return jax.lax.scan(body, jnp.zeros(()), jnp.arange(1, steps + 1))[0]
+        if source.block is None:
+            def body(acc, t):
+                return acc + total(jax.vmap(lambda k: source.batch(data, k, t))(keys)), None
+            return jax.lax.scan(body, jnp.zeros(()), jnp.arange(1, steps + 1))[0]
+
+        def body(acc, b):
+            return acc + total(jax.vmap(lambda k: source.block(data, k, b, B))(keys)), None
+        return jax.lax.scan(body, jnp.zeros(()), jnp.arange(-(-steps // B)))[0]
 
     return lambda r: run(keys)
 

@@ -328,9 +328,9 @@ class _Program:
 
         # Tiles of Bm steps (the longest block; every block size is a power of two, so
         # each tile holds whole blocks of every stream): a tile draws its blocks once,
-        # then its steps read their rows. Nothing is carried from tile to tile: a block
-        # carried through the step loop behind a conditional draw was copied at every
-        # step (2.5x the step's time at 10⁵ members, measured).
+        # then its steps read their rows; nothing is carried from tile to tile. A segment
+        # that starts or ends inside a tile draws all of it: default segments hold whole
+        # tiles (``_layout.default_segment``; benchmarks/RESULTS.md, version 4).
         Bm = max(B for B, _, _ in streams.values())
 
         def tile_rows(k):
