@@ -176,6 +176,25 @@ def test_bad_predicates_get_one_line_errors():
         sl.Study(**base, first_passage=sl.FirstPassage(lambda o: o.step > 2, every=0))
 
 
+def test_a_data_block_of_the_wrong_shape_gets_a_one_line_error():
+    """A source's block must stack B batches: a wrong shape is named before compiling."""
+    def sample(key, n):
+        return jax.random.normal(key, (n, 2))
+    good = sl.data.online(sample, 3, iid_rows=True)
+    assert sl.data.block_steps(good) == 64  # 6 numbers a step
+    problem = sl.Problem(name="lin", init=lambda k: jnp.zeros(2),
+                         loss=lambda w, x, hp: jnp.mean((x @ w - 1.0) ** 2), data=good)
+    base = dict(optimizer=sl.Optimizer("sgd"), hparams={"learning_rate": 0.1}, steps=5, seeds=2)
+    sl.run(sl.Study(problem, **base), progress=False)
+    for block in (lambda data, key, b, B: jax.random.normal(key, (B * 3, 2)),   # not stacked
+                  lambda data, key, b, B: jax.random.normal(key, (B, 3, 2), jnp.int32)):
+        bad = dataclasses.replace(problem, data=good._replace(block=block))
+        with pytest.raises(ValueError, match=r"^problem.data.block\(data, key, b, B\) is "
+                                             r"invalid: .*64 steps stacked") as e:
+            sl.run(sl.Study(bad, **base), progress=False)
+        assert_friendly(e)
+
+
 # --------------------------------------------------------------------------- front door, counter
 
 

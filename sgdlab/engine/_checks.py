@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sgdlab import data as data_lib
 from sgdlab.problems import Observation
 
 
@@ -136,6 +137,18 @@ def check_study(study, event_fn: Callable | None = None,
                      "the data drawn once (a pytree of arrays, or None)", key)
     batch = _abstract(problem.data.batch, "problem.data.batch",
                       "the step's minibatch (a pytree of arrays)", data, key, jnp.int32(1))
+    if problem.data.block is not None:
+        B = data_lib.block_steps(problem.data, data)
+        want = f"the batches of {B} steps stacked on a leading axis ({_shapes(batch)} " \
+            f"each, so {B} × those shapes)"
+        rows = _abstract(lambda d, k, b: problem.data.block(d, k, b, B),
+                         "problem.data.block(data, key, b, B)", want, data, key, jnp.int32(0))
+        same = jax.tree_util.tree_structure(rows) == jax.tree_util.tree_structure(batch) and \
+            all(r.shape == (B,) + b.shape and r.dtype == b.dtype for r, b in zip(
+                jax.tree_util.tree_leaves(rows), jax.tree_util.tree_leaves(batch), strict=True))
+        if not same:
+            _fail("problem.data.block(data, key, b, B)", f"it returned {_shapes(rows)}; it "
+                  f"must return {want}")
     loss = _abstract(problem.loss, "problem.loss(params, batch, hp)",
                      f"a scalar; params are {_shapes(params)} and the batch is {_shapes(batch)}",
                      params, batch, hp1)
