@@ -202,6 +202,12 @@ def _quick_bytes_per_seed(study: Study, segment: int) -> int:
     batch = jax.eval_shape(lambda d: study.problem.data.batch(d, jax.random.key(0), jnp.int32(1)),
                            data_one)
     per_seed += 4 * _tree_bytes(batch) * study.n_grid
+    tile = tile_steps(study)  # a tile's blocks of batches and of gradient noise, per seed
+    if tile > 1:
+        noise = 0
+        if "noise_std" in study.hparams:
+            noise = _tree_bytes(carry.members.params) // max(b * study.n_grid, 1)
+        per_seed += tile * (_tree_bytes(batch) + noise)
     per_seed = int(per_seed)
     _PER_SEED[key] = per_seed
     while len(_PER_SEED) > 64:
@@ -228,7 +234,8 @@ def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None 
 
     The quick estimate per seed is the carried state of one seed (all its grid
     points: parameters, optimizer state, recorder buffers, data) times 3 (old and
-    new carry, gradients) plus 4 copies of the step's batch per grid point. It
+    new carry, gradients) plus 4 copies of the step's batch per grid point, plus a tile
+    of the blocked random streams (:func:`tile_steps` steps of batches and noise). It
     misses the temporaries of observables (a risk on an evaluation sample can
     dominate), so unless it is 8x below the budget (or ``measure=True``, as in
     ``--dry-run``) the estimate is the compiled program's own buffer sizes, from a
