@@ -88,9 +88,15 @@ def block_steps(source: DataSource, data: Any = None) -> int:
     if source.block is None:
         return 1
     shapes = jax.eval_shape(lambda d: source.batch(d, jax.random.key(0), jnp.int32(1)), data)
-    n = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
+    return steps_per_block(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes)))
+
+
+def steps_per_block(n_numbers: int) -> int:
+    """The largest power of two from 1 to 64 with ``B × n_numbers ≤ BLOCK_ELEMENTS``: the
+    block length of a stream that draws ``n_numbers`` per step and seed (data blocks here,
+    gradient-noise blocks in :func:`sgdlab.engine.noise_block`)."""
     b = 64
-    while b > 1 and b * max(1, n) > BLOCK_ELEMENTS:
+    while b > 1 and b * max(1, int(n_numbers)) > BLOCK_ELEMENTS:
         b //= 2
     return b
 

@@ -177,12 +177,9 @@ class _Program:
         return new
 
     def _noise_blocks(self, noise_k, params):
-        """``(draw, empty)`` for the block noise of a chunk (see ``STREAM_VERSION``).
-
+        """``(B, draw)`` for the block noise of a chunk (see ``STREAM_VERSION``):
         ``draw(b)`` gives every seed's normals of block ``b`` (leaves ``[S, B, ...]``,
-        shared by the seed's grid points); ``empty`` is the carried block before the
-        first draw of a segment.
-        """
+        shared by the seed's grid points)."""
         shapes = [(x.shape[2:], x.dtype) for x in jax.tree_util.tree_leaves(params)]
         B = noise_block(sum(math.prod(sh) for sh, _ in shapes))
 
@@ -194,12 +191,10 @@ class _Program:
         def draw(b):
             return jax.vmap(one_seed, in_axes=(0, None))(noise_k, b)
 
-        s = noise_k.shape[0]
-        empty = tuple(jnp.zeros((s, B) + sh, dt) for sh, dt in shapes)
-        return B, draw, empty
+        return B, draw
 
     def _data_blocks(self, data_k, data_s):
-        """``(B, draw, empty)`` for a source that draws blocks of steps (``sgdlab.data``):
+        """``(B, draw)`` for a source that draws blocks of steps (``sgdlab.data``):
         ``draw(b)`` gives every seed's batches of block ``b`` (leaves ``[S, B, ...]``)."""
         source = self.problem.data
         B = data_lib.block_steps(source, jax.tree_util.tree_map(lambda x: x[0], data_s))
@@ -207,9 +202,7 @@ class _Program:
         def draw(b):
             return jax.vmap(lambda dk, d: source.block(d, dk, b, B))(data_k, data_s)
 
-        empty = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype),
-                                       jax.eval_shape(draw, jnp.int32(0)))
-        return B, draw, empty
+        return B, draw
 
     # ---- all members of a chunk
     def _per_seed_data(self, data, n_seeds):
@@ -303,7 +296,7 @@ class _Program:
 
         data_s = self._per_seed_data(data, seed_index.shape[0])
         treedef = jax.tree_util.tree_structure(carry.members.params)
-        streams = {}  # name -> (steps per block, draw(b), empty block)
+        streams = {}  # name -> (steps per block, draw(b))
         if self.noise:
             streams["noise"] = self._noise_blocks(noise_k, carry.members.params)
         if problem.data.block is not None:
@@ -331,11 +324,11 @@ class _Program:
         # then its steps read their rows; nothing is carried from tile to tile. A segment
         # that starts or ends inside a tile draws all of it: default segments hold whole
         # tiles (``_layout.default_segment``; benchmarks/RESULTS.md, version 4).
-        Bm = max(B for B, _, _ in streams.values())
+        Bm = max(B for B, _ in streams.values())
 
         def tile_rows(k):
             out = {}
-            for name, (B, draw, _) in streams.items():
+            for name, (B, draw) in streams.items():
                 n = Bm // B
                 blocks = jax.vmap(draw, out_axes=1)(k * n + jnp.arange(n, dtype=jnp.int32))
                 out[name] = jax.tree_util.tree_map(  # [S, n, B, ...] -> [S, Bm, ...]

@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from sgdlab import data as data_lib
+
 
 class MemberState(NamedTuple):
     """One member's state (leading axes ``[seed, grid]`` inside the engine)."""
@@ -61,7 +63,7 @@ and ``summary.json`` record it, and a checkpoint of another version is refused o
 resume.
 """
 
-NOISE_BLOCK_ELEMENTS = 4096
+NOISE_BLOCK_ELEMENTS = data_lib.BLOCK_ELEMENTS
 """At most this many normals per seed in one noise block (see :func:`noise_block`)."""
 
 
@@ -72,10 +74,7 @@ def noise_block(n_params: int) -> int:
     blocks for the small models where key derivation dominates, one step per block
     for large ones. A function of the model alone, so the stream is too.
     """
-    b = 64
-    while b > 1 and b * max(1, int(n_params)) > NOISE_BLOCK_ELEMENTS:
-        b //= 2
-    return b
+    return data_lib.steps_per_block(n_params)
 
 
 def member_keys(base_seed, seed_index):
