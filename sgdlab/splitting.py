@@ -44,6 +44,20 @@ A = {ξ < z_A} (``basin``, judged at whole steps) and the target level z_B
    ``rate = (D + Σn·p̂) / W`` is an unbiased estimate of 1/τ (n_w: the walkers'
    other crossings; D: the one-jump escapes, counted or split as above).
 
+Trials from the basin (``trials_from="basin"``). The same renewal argument holds one
+step earlier: every escape is preceded by exactly one basin step whose excursion
+(the step out of A, then to B before A) escapes, so with h(x) = P_x(the next step
+leaves A and the excursion reaches B before A), ``E[Σ_basin states h(X_i)] = W/τ``.
+Each walker keeps a uniformly random one of its counted basin states, AMS estimates
+h over them (the first step's kick split over the sub-kicks, like any other), and
+``rate = n_A·p̂ / W`` (n_A: the counted basin states). Where the escape is one large
+kick out of the basin followed by a short excursion (the double well at λU'' > 1,
+whose escape is a kick far left that the drift throws past the barrier), crossing
+states overshoot the basin level by an amount that carries the whole committor:
+half of it sits in 0.2% of the crossings at λ = 0.6, ΔL/T = 20, so a replica's few
+hundred crossings mostly miss it (per-replica spread 1.3–1.7×). From the basin the
+overshoot itself is split (spread 0.42×; RESULTS.md).
+
 Why AMS rather than forward-flux sampling for step 2: interfaces adapt to the
 chain (no level placement to tune per λ and barrier, no interface the population
 fails to cross because it was placed too far), ties from a discretized score or a
@@ -108,6 +122,10 @@ TRACE_COUNT = 0
 """Number of times a replica program was traced (a compile-count probe)."""
 
 
+TRIALS_FROM = ("crossing", "basin")
+"""Values of :attr:`Budget.trials_from`."""
+
+
 @dataclass(frozen=True)
 class Budget:
     """The work of one splitting estimate (all but ``replicas`` set compiled shapes).
@@ -129,6 +147,12 @@ class Budget:
         all). One extra stage, not a sequential rule, so that stopping does not
         chase a lucky spread; the estimate and its error use every replica.
       max_replicas: the most replicas the second stage may bring the total to.
+      trials_from: where the AMS trials start. ``"crossing"``: the states just past
+        the basin level (forward flux's first interface; one-kick escapes from the
+        basin split or counted apart). ``"basin"``: the basin states themselves, one
+        step before a possible exit, so the exit step's kick is split over the
+        sub-kicks too (see the module docstring: for chains whose crossing states
+        overshoot the basin level by a large, committor-steep amount).
     """
 
     replicas: int = 8
@@ -142,6 +166,7 @@ class Budget:
     max_trial_steps: int = 20000
     target_rel_se: float | None = None
     max_replicas: int = 256
+    trials_from: str = "crossing"
 
     def __post_init__(self):
         positive_int("replicas", self.replicas, minimum=2)
@@ -158,6 +183,8 @@ class Budget:
         positive_int("substeps", self.substeps)
         positive_int("max_trial_steps", self.max_trial_steps)
         positive_int("max_replicas", self.max_replicas, minimum=2)
+        if self.trials_from not in TRIALS_FROM:
+            fail("trials_from", self.trials_from, "expected one of " + ", ".join(TRIALS_FROM))
         if self.target_rel_se is not None:
             finite_float("target_rel_se", self.target_rel_se, low=0.0, low_open=True)
             positive_int("max_replicas", self.max_replicas, minimum=self.replicas)
@@ -276,7 +303,8 @@ def _program(spec: _Spec):
     Wn = b.walkers
     noise_scale = 1.0 / math.sqrt(K)
     # one-kick escapes from the basin are split over sub-kicks (with K = 1 they are counted)
-    split_direct = K > 1
+    from_basin = b.trials_from == "basin"
+    split_direct = K > 1 and not from_basin
 
     def observe(params, opt_state, t, hp, data):
         return Observation(params=params, opt_state=opt_state, loss=jnp.zeros(()),
@@ -353,7 +381,7 @@ def _program(spec: _Spec):
     def fresh(key, hp, data, params, t):
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         opt = optimizer.build(hp).init(params)
-        if split_direct:  # the basin's strata read the importance of a (re)started walker
+        if split_direct or from_basin:  # AMS from basin states reads their importance
             g, m = ahead(params, opt, key, t, hp, data)
         else:  # nothing reads it: no drift step and score in the flux phase's hot loop
             g, m = grad_at(params, key, t, hp, data), jnp.zeros(())
@@ -386,10 +414,11 @@ def _program(spec: _Spec):
         def flux_body(carry, step):
             s, inA, count, ndirect, nesc, res, nin, resA, ndirect_hi = carry
             counted = step >= b.burn_in  # this is step number step + 1 > burn_in
-            if split_direct:
-                # reservoir of the basin states a counted step starts from whose noiseless
-                # step stays in the basin; one-kick escapes from the others are counted
-                inside = inA & counted & (s.imp < zA)
+            if split_direct or from_basin:
+                # reservoir of the basin states a counted step starts from (with the
+                # one-kick split: those whose noiseless step stays in the basin; one-kick
+                # escapes from the others are counted)
+                inside = inA & counted & ((s.imp < zA) | from_basin)
                 nin = nin + inside
                 uA = jax.vmap(lambda k, c: jax.random.randint(
                     jax.random.fold_in(jax.random.fold_in(k, 5), c), (), 0,
@@ -420,11 +449,16 @@ def _program(spec: _Spec):
             flux_body, (walkers, inA0, count0, count0, esc0, walkers, count0, walkers, count0),
             jnp.arange(b.flux_steps))
         total = jnp.sum(count)
-        p_cross, cross = ams(res, count, total, False, 1, 2, 0)
-        if split_direct:
+        if from_basin:  # every trial starts in the basin: its first step may exit or not
+            in_basin = jnp.sum(nin)
+            p_direct, direct = ams(resA, nin, in_basin, False, 4, 5, 6)
+            p_cross, cross = jnp.zeros(()), direct
+        elif split_direct:
+            p_cross, cross = ams(res, count, total, False, 1, 2, 0)
             in_basin = jnp.sum(nin)
             p_direct, direct = ams(resA, nin, in_basin, True, 4, 5, 6)
         else:
+            p_cross, cross = ams(res, count, total, False, 1, 2, 0)
             in_basin, p_direct = jnp.sum(nin), jnp.zeros(())
             direct = {"extinct": jnp.bool_(False), "stuck": jnp.bool_(False),
                       "iterations": jnp.int32(0), "work": jnp.zeros(())}
@@ -432,7 +466,7 @@ def _program(spec: _Spec):
                 "prob": p_cross, "iterations": cross["iterations"],
                 "extinct": cross["extinct"], "stuck": cross["stuck"] | direct["stuck"],
                 "top": cross["top"], "x0_score": x0_score,
-                "trial_substeps": cross["work"] + direct["work"],
+                "trial_substeps": cross["work"] + jnp.where(from_basin, 0.0, direct["work"]),
                 "in_basin": in_basin, "direct_prob": p_direct, "direct_drift": jnp.sum(ndirect_hi),
                 "direct_extinct": direct["extinct"], "direct_iterations": direct["iterations"]}
 
@@ -749,7 +783,10 @@ def _summarize(res: dict, b: Budget, zA: float, zB: float, seconds: float) -> Sp
     W = b.walkers * (b.flux_steps - b.burn_in)
     attempts = res["crossings"] + res["direct"]
     flux = attempts / W
-    if b.substeps > 1:  # one-kick escapes from the basin, split over sub-kicks
+    if b.trials_from == "basin":  # every escape: a trial from a basin state
+        direct = res["in_basin"] * res["direct_prob"]
+        res = {**res, "prob": np.zeros_like(res["prob"])}
+    elif b.substeps > 1:  # one-kick escapes from the basin, split over sub-kicks
         direct = res["direct_drift"] + res["in_basin"] * res["direct_prob"]
     else:  # counted by the flux walkers
         direct = res["direct"].astype(float)

@@ -313,7 +313,7 @@ def test_splitting_run_killed_with_sigkill_resumes_bitwise(tmp_path):
     assert not (killed / ".sgdlab-state").exists()
 
 
-def test_score_auto_takes_the_drift_image_where_the_minimum_oscillates():
+def test_score_auto_takes_the_nearer_escape_point_where_the_minimum_oscillates():
     from types import SimpleNamespace
 
     from sgdlab.experiments import _escape_splitting as S
@@ -323,7 +323,10 @@ def test_score_auto_takes_the_drift_image_where_the_minimum_oscillates():
     # the noiseless SGD step in U = (w² − 1)²/4, written out independently of potential_fns
     np.testing.assert_allclose(S.drift_score(o), w - 0.6 * (w ** 3 - w), rtol=1e-12)
     # λU''(−1) = 2λ: above 1 the minimum oscillates and auto takes the drift image
-    assert S.score_fn("double-well", "auto", lr=0.6) is S.drift_score
+    assert S.score_fn("double-well", "auto", lr=0.6) is S.nearest_score(0.0)
+    # the nearer escape point: θ itself on the right, the far-left w_L on the left
+    wl = -math.sqrt(1.6 / 0.6)
+    np.testing.assert_allclose(S.nearest_score(0.0)(o), np.maximum(w, wl - w), rtol=1e-6)  # f32
     assert S.score_fn("double-well", "auto", lr=0.3) is S.w_score
     assert S.score_fn("double-well", "drift", lr=0.3) is S.drift_score
     assert S.score_fn("sharp-well", "auto", lr=0.6) is S.abs_score

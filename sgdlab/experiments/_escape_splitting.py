@@ -8,6 +8,8 @@ the same exact Nyström oracle as the brute-force estimator, and its figure.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from pathlib import Path
 
@@ -42,45 +44,109 @@ def drift_score(o):
     return w - o.hp["learning_rate"] * _double_well_dU(w)
 
 
-SCORES = ("auto", "position", "drift")
+def far_left_point(lr, threshold: float = 0.0):
+    """The double well's far-left point w_L < −1 whose noiseless step lands on the
+    threshold: w_L − λU'(w_L) = θ (Newton from w = −3 on the outer, decreasing branch;
+    JAX-traceable in ``lr``)."""
+    import jax
+    import jax.numpy as jnp
+
+    d2U = jax.grad(_double_well_dU)
+
+    def newton(_, w):
+        return w - (w - lr * _double_well_dU(w) - threshold) / (1.0 - lr * d2U(w))
+    return jax.lax.fori_loop(0, 40, newton, jnp.asarray(-3.0, jnp.result_type(float)))
+
+
+@functools.cache
+def nearest_score(threshold: float = 0.0):
+    """The double well's score "nearer escape point": max(w, θ + w_L − w), i.e. θ minus
+    the distance to the nearer of the two points from which a step escapes: the
+    threshold θ itself, and w_L (:func:`far_left_point`), which the drift throws onto
+    θ. Linear in position, so a sub-kick moves it as much as the kick, and two-sided,
+    so a state a large kick has thrown far left is not inside the basin."""
+    def nearer_escape_point(o):
+        import jax.numpy as jnp
+        w = o.params
+        return jnp.maximum(w, threshold + far_left_point(o.hp["learning_rate"], threshold) - w)
+    return nearer_escape_point
+
+
+SCORES = ("auto", "position", "drift", "nearest")
 """Values of the ``score`` parameter."""
+
+TRIALS_FROM = ("auto",) + splitting.TRIALS_FROM
+"""Values of the ``trials_from`` parameter."""
 
 
 DOUBLE_WELL_CURVATURE = 2.0
 """U'' at the double well's minimum w = −1 (U = (w² − 1)²/4)."""
 
 
-def score_fn(kind: str, choice: str = "position", lr: float | None = None):
-    """The reaction coordinate: |w| for the sharp well; w or its drift image for the
-    double well (``choice``). ``auto`` takes the drift image where the minimum
-    oscillates (λU'' > 1 at learning rate ``lr``), w elsewhere (there the drift image
-    gave larger replica spreads: RESULTS.md)."""
+def oscillates(kind: str, lr: float | None) -> bool:
+    """The double well's minimum oscillates under the noiseless step: λU'' > 1."""
+    return kind == "double-well" and lr is not None and lr * DOUBLE_WELL_CURVATURE > 1
+
+
+def score_fn(kind: str, choice: str = "position", lr: float | None = None,
+             threshold: float = 0.0):
+    """The reaction coordinate: |w| for the sharp well; w, its drift image, or the
+    nearer escape point for the double well (``choice``). ``auto`` takes the nearer
+    escape point where the minimum oscillates (λU'' > 1 at learning rate ``lr``: there
+    the escape is one large kick far left, which the drift throws past the barrier),
+    w elsewhere (RESULTS.md compares them)."""
     if kind == "sharp-well" or choice == "position":
         return abs_score if kind == "sharp-well" else w_score
-    if choice == "drift" or (lr is not None and lr * DOUBLE_WELL_CURVATURE > 1):
+    if choice == "drift":
         return drift_score
+    if choice == "nearest" or oscillates(kind, lr):
+        return nearest_score(float(threshold))
     return w_score
+
+
+def trials_from(cfg, lr: float) -> str:
+    """Where the AMS trials start: ``auto`` takes the basin states where the double
+    well's minimum oscillates with score ``auto`` or ``nearest`` (the escape there is
+    one kick from the basin, so the crossing states' overshoot would carry it), the
+    crossing states elsewhere."""
+    if cfg["trials_from"] != "auto":
+        return cfg["trials_from"]
+    if cfg["potential"] == "double-well" and (
+            cfg["score"] == "nearest" or (cfg["score"] == "auto" and oscillates(
+                cfg["potential"], lr))):
+        return "basin"
+    return "crossing"
 
 
 def score_label(kind: str, choice: str) -> str:
     if kind == "sharp-well":
         return "|w|"
     return {"position": "w", "drift": "w − λU'(w)",
-            "auto": "w, or w − λU'(w) where λU'' > 1"}[choice]
+            "nearest": "max(w, θ + w_L − w)",
+            "auto": "w, or max(w, θ + w_L − w) where λU'' > 1"}[choice]
 
 
-def levels(cfg) -> tuple[float, float]:
-    """``(basin level z_A, target z_B)`` in score units."""
+def levels(cfg, lr: float | None = None) -> tuple[float, float]:
+    """``(basin level z_A, target z_B)`` in score units: ``basin`` of the way from the
+    score of the minimum to the target (the learning rate ``lr`` sets the nearer
+    escape point's score)."""
     if cfg["potential"] == "sharp-well":
         lo, top = 0.0, cfg["wall"]
     else:
         lo, top = -1.0, cfg["threshold"]
+        if score_fn(cfg["potential"], cfg["score"], lr, top) is nearest_score(float(top)):
+            lo = max(lo, top + float(far_left_point(lr, top)) + 1.0)
     return lo + cfg["basin"] * (top - lo), top
 
 
-def start_score(cfg) -> float:
+def start_score(cfg, lr: float | None = None) -> float:
     x0 = chain.minimum(cfg["potential"]) + cfg["start"]
-    return abs(x0) if cfg["potential"] == "sharp-well" else x0
+    if cfg["potential"] == "sharp-well":
+        return abs(x0)
+    if score_fn(cfg["potential"], cfg["score"], lr, cfg["threshold"]) is \
+            nearest_score(float(cfg["threshold"])):
+        return max(x0, cfg["threshold"] + float(far_left_point(lr, cfg["threshold"])) - x0)
+    return x0
 
 
 def budget_of(cfg) -> splitting.Budget:
@@ -89,7 +155,8 @@ def budget_of(cfg) -> splitting.Budget:
         burn_in=cfg["burn_in"], particles=cfg["particles"], kill_fraction=cfg["kill_fraction"],
         levels=cfg["levels"], substeps=cfg["substeps"], max_trial_steps=cfg["max_trial_steps"],
         target_rel_se=cfg["target_rel_se"] or None,
-        max_replicas=max(cfg["max_replicas"], cfg["replicas"]))
+        max_replicas=max(cfg["max_replicas"], cfg["replicas"]),
+        trials_from="crossing" if cfg["trials_from"] == "auto" else cfg["trials_from"])
 
 
 def validate(cfg) -> None:
@@ -97,10 +164,15 @@ def validate(cfg) -> None:
     if cfg["batch_size"] != [1]:
         fail("batch_size", cfg["batch_size"], "estimator=splitting supports batch_size=1 "
              "(Gaussian gradient noise) only")
-    zA, _ = levels(cfg)
-    if not start_score(cfg) < zA:
-        fail("basin", cfg["basin"], f"the start's score {start_score(cfg):g} must lie below "
-             f"the basin level {zA:g}: raise basin or move start")
+    for lr in cfg["learning_rate"]:
+        zA, _ = levels(cfg, lr)
+        if not start_score(cfg, lr) < zA:
+            fail("basin", cfg["basin"], f"the start's score {start_score(cfg, lr):g} must lie "
+                 f"below the basin level {zA:g} (learning_rate={lr:g}): raise basin or move "
+                 "start")
+    if cfg["score"] == "nearest" and cfg["potential"] == "sharp-well":
+        fail("score", "nearest", "the sharp well's score |w| is already the distance to its "
+             "nearer wall; use score=position")
     if cfg["score"] == "drift" and cfg["potential"] == "sharp-well":
         fail("score", "drift", "the sharp well's drift image (1 − λa)|w| loses the position at "
              "λa = 1; use score=position (|w|)")
@@ -130,10 +202,13 @@ def analyze(cfg, datasets: dict, seed: int, checkpoint_dir=None) -> Outcome:
 
     problem = chain.problem(cfg)
     budget = budget_of(cfg)
-    zA, zB = levels(cfg)
     quantities, notes, rows, raw = [], [], [], []
+    lrs = cfg["learning_rate"]
+    zAs = ", ".join(f"{levels(cfg, lr)[0]:.4g}" for lr in lrs)
+    starts = ", ".join(trials_from(cfg, lr) for lr in lrs)
     notes.append(f"estimator=splitting: score {score_label(cfg['potential'], cfg['score'])}, basin "
-                 f"level {zA:g}, target {zB:g}; {budget.replicas} replicas × ({budget.walkers} "
+                 f"level {zAs} (per learning rate), target {levels(cfg, lrs[0])[1]:g}; trials "
+                 f"from the {starts} states; {budget.replicas} replicas × ({budget.walkers} "
                  f"flux walkers × {budget.flux_steps} steps, {budget.particles} AMS particles, "
                  f"{budget.levels} levels, {budget.substeps} sub-kick(s) per step)"
                  + (f"; a second stage of replicas toward relative SE {budget.target_rel_se:g} "
@@ -142,11 +217,14 @@ def analyze(cfg, datasets: dict, seed: int, checkpoint_dir=None) -> Outcome:
     for i, cell in enumerate(chain.cells(cfg)):
         tau = chain.tau_only(cfg, cell)
         ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / f"splitting_{i}.npz"
-        score = score_fn(cfg["potential"], cfg["score"], cell.lr)
+        score = score_fn(cfg["potential"], cfg["score"], cell.lr, cfg["threshold"])
+        zA, zB = levels(cfg, cell.lr)
         res = splitting.estimate(problem, Optimizer("sgd"),
                                  {"learning_rate": cell.lr, "noise_std": math.sqrt(cell.s2)},
-                                 score=score, basin=zA, target=zB, budget=budget, seed=seed,
-                                 chunk=chunk, checkpoint=ckpt)
+                                 score=score, basin=zA, target=zB,
+                                 budget=dataclasses.replace(
+                                     budget, trials_from=trials_from(cfg, cell.lr)),
+                                 seed=seed, chunk=chunk, checkpoint=ckpt)
         m, inv, pr, br = res.mfpt, res.inverse_mfpt, res.probability, res.brute_rate
         raw.append(res)
         quantities.append(quantity(

@@ -667,8 +667,15 @@ register(Experiment(
         Param("score", str, "auto", "splitting: the reaction coordinate. position: |w| (sharp "
               "well), w (double well); drift: the noiseless next position w − λU'(w) (double "
               "well; the basin then excludes the states a step throws out of it, which matters "
-              "once the minimum oscillates, λU'' > 1); auto: position, or drift in the double "
-              "well where λU'' > 1", choices=_splitting.SCORES),
+              "once the minimum oscillates, λU'' > 1); nearest: max(w, θ + w_L − w), θ minus "
+              "the distance to the nearer point from which a step escapes (θ, or the far-left "
+              "w_L that the drift throws onto θ; double well); auto: position, or nearest in "
+              "the double well where λU'' > 1", choices=_splitting.SCORES),
+        Param("trials_from", str, "auto", "splitting: where the AMS trials start. crossing: "
+              "the states just past the basin level (forward flux); basin: the basin states, "
+              "so the kick that leaves the basin is split over sub-kicks too (for escapes by "
+              "one large kick); auto: basin in the double well where λU'' > 1 with score "
+              "auto or nearest, crossing elsewhere", choices=_splitting.TRIALS_FROM),
         Param("target_rel_se", float, 0.0, "splitting: when > 0, a second stage of replicas "
               "(up to max_replicas in all) sized from the first stage's spread to reach this "
               "relative SE of 1/τ; 0: off", low=0.0),
