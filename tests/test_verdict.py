@@ -35,6 +35,26 @@ def test_non_finite_measurement_fails_and_bad_criterion_is_refused():
         quantity("a", {}, 1.0, 0.1, None, criterion="greater")
 
 
+def test_a_student_t_interval_gets_its_p_value_from_the_same_t():
+    """A mean of 16 replicas, 3.51 SE from the prediction: its 95% t interval misses,
+    and its p-value is the t distribution's (15 degrees of freedom), not the normal's."""
+    from scipy import stats
+
+    m, se, pred = 1.0, 0.1, 1.0 - 3.51 * 0.1
+    t95 = float(stats.t.ppf(0.975, 15))
+    ci = (m - t95 * se, m + t95 * se)
+    q = quantity("r", {}, m, se, pred, ci=ci, dof=15)
+    assert q["pass"] is False
+    assert q["p"] == pytest.approx(2 * stats.t.sf(3.51, 15), rel=1e-9)  # 0.0031
+    # without dof the same interval's p-value is the normal's at the rescaled distance
+    q_n = quantity("r", {}, m, se, pred, ci=ci)
+    assert q_n["p"] == pytest.approx(2 * stats.norm.sf(1.959964 * 3.51 / t95), rel=1e-5)
+    assert q_n["p"] < 0.05 / 35 < q["p"]  # Holm over 35 checks: only the t p-value survives
+    # at the interval's edge both give 0.05
+    edge = quantity("r", {}, m, se, m - t95 * se, ci=ci, dof=15)
+    assert edge["p"] == pytest.approx(0.05, rel=1e-9)
+
+
 def test_holm_matches_the_step_down_rule():
     p = np.array([0.01, 0.04, 0.03, 0.005])
     # sorted 0.005 <= .05/4, 0.01 <= .05/3, 0.03 > .05/2: stop

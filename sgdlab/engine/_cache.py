@@ -28,10 +28,21 @@ import jax
 _SUFFIX = "-cache"  # the file name JAX's own cache uses, so either reads the other's entries
 
 
-def _default_dir() -> str:
+def _env() -> tuple[bool, str | None]:
+    """``SGDLAB_COMPILE_CACHE`` read once: (wanted, the directory it names or None).
+    Unset, 1/on/true/yes: wanted at the default place; 0/off/false/no: off; else a path."""
     env = os.environ.get("SGDLAB_COMPILE_CACHE", "").strip()
-    if env and env.lower() not in ("1", "on", "true", "yes"):
-        return env
+    if env.lower() in ("0", "off", "false", "no"):
+        return False, None
+    if not env or env.lower() in ("1", "on", "true", "yes"):
+        return True, None
+    return True, env
+
+
+def _default_dir() -> str:
+    named = _env()[1]
+    if named:
+        return named
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "sgdlab", "jax")
 
@@ -53,9 +64,7 @@ def compile_cache(path: str | os.PathLike | None | bool = None) -> str | None:
         return None
     if path is None or path is True:
         current = jax.config.jax_compilation_cache_dir
-        env = os.environ.get("SGDLAB_COMPILE_CACHE", "").strip()
-        explicit = env and env.lower() not in ("1", "on", "true", "yes")
-        path = current if current and not explicit else _default_dir()
+        path = current if current and _env()[1] is None else _default_dir()
     path = os.fspath(path)
     if jax.config.jax_compilation_cache_dir != path:
         _reset()  # a cache already opened elsewhere is reopened at the new place
@@ -76,8 +85,7 @@ def compile_cache(path: str | os.PathLike | None | bool = None) -> str | None:
 
 def requested() -> bool:
     """Whether the cache is wanted: yes unless ``SGDLAB_COMPILE_CACHE`` is 0/off/false/no."""
-    env = os.environ.get("SGDLAB_COMPILE_CACHE", "").strip().lower()
-    return env not in ("0", "off", "false", "no")
+    return _env()[0]
 
 
 def _jax_cache_module():

@@ -232,7 +232,8 @@ def analyze(cfg, datasets: dict, seed: int, checkpoint_dir=None) -> Outcome:
             note=f"splitting; 95% interval [{m.lo:.4g}, {m.hi:.4g}]; uncensored τ"))
         quantities.append(quantity(
             "inverse_mfpt", cell.coords, inv.value, inv.se, 1.0 / tau, ci=(inv.lo, inv.hi),
-            criterion="covers", oracle="nystrom", note="splitting: flux × AMS probability"))
+            criterion="covers", oracle="nystrom", note="splitting: flux × AMS probability",
+            dof=res.rate.size - 1))
         quantities.append(quantity("escape_probability", cell.coords, pr.value, pr.se,
                                    ci=(pr.lo, pr.hi),
                                    note="per crossing of the basin level (reported only)"))
@@ -241,7 +242,8 @@ def analyze(cfg, datasets: dict, seed: int, checkpoint_dir=None) -> Outcome:
             quantities.append(quantity(
                 "inverse_mfpt_brute", cell.coords, br.value, br.se, 1.0 / tau,
                 ci=(br.lo, br.hi), criterion="covers", oracle="nystrom",
-                note=f"brute force: {n_esc} escapes of the recycled flux walkers"))
+                note=f"brute force: {n_esc} escapes of the recycled flux walkers",
+                dof=res.rate.size - 1))
         rel = m.se / m.value
         cost = res.member_steps * rel**2
         rows.append({**cell.coords, "noise_var": cell.s2, "tau": tau, "mfpt": m.value,

@@ -56,12 +56,15 @@ _LEVEL = {"equal": 2 * float(stats.norm.sf(Z_PASS)), "covers": 0.05, "greater": 
 def quantity(name: str, coords: Mapping[str, Any], value: float, se: float,
              predicted: float | None = None, *, ci: tuple[float, float] | None = None,
              criterion: str | None = None, oracle: str | None = None,
-             note: str | None = None) -> dict:
+             note: str | None = None, dof: int | None = None) -> dict:
     """One summary entry, judged by ``criterion``.
 
     ``criterion`` defaults to ``"covers"`` when a 95% interval ``ci`` is given and to
     ``"equal"`` otherwise (when there is a prediction). For ``covers``, ``greater``
-    and ``less`` without ``ci`` the interval is value ± 1.96·se.
+    and ``less`` without ``ci`` the interval is value ± 1.96·se. ``dof``: the degrees
+    of freedom of a Student-t interval ``ci`` (a mean of ``dof + 1`` independent
+    replicas); the p-value of ``covers`` then comes from the same t distribution
+    (without it, from the normal).
     """
     value, se = float(value), float(se)
     q: dict[str, Any] = {"name": name, "coords": {k: plain(v) for k, v in coords.items()},
@@ -96,7 +99,10 @@ def quantity(name: str, coords: Mapping[str, Any], value: float, se: float,
                 # the p-value consistent with the (possibly asymmetric, t-based) interval:
                 # the half-width on the prediction's side is 1.96 effective SEs
                 half = (hi - value) if p > value else (value - lo)
-                if half > 0 and math.isfinite(value):
+                if half > 0 and math.isfinite(value) and dof:
+                    t95 = float(stats.t.ppf(0.975, dof))
+                    q["p"] = float(2 * stats.t.sf(t95 * abs(value - p) / half, dof))
+                elif half > 0 and math.isfinite(value):
                     q["p"] = float(2 * stats.norm.sf(Z95 * abs(value - p) / half))
             q["pass"] = bool({"equal": lo <= p <= hi, "covers": lo <= p <= hi,
                               "greater": lo > p, "less": hi < p}[crit])
