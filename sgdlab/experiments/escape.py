@@ -643,7 +643,9 @@ register(Experiment(
               "splitting: flux × adaptive multilevel splitting (sgdlab.splitting), for mean "
               "escape times far beyond brute force", choices=_splitting.ESTIMATORS),
         Param("replicas", int, 8, "splitting: independent replicas; standard errors and 95% "
-              "intervals (Student t) come from their spread; the 4-SE mfpt check wants ≥ 8",
+              "intervals (Student t) come from their spread; the 4-SE mfpt check wants ≥ 8, "
+              "and 16 where the rate per replica is heavy-tailed (high barriers; with "
+              "target_rel_se they also size the second stage)",
               low=2),
         Param("walkers", int, 256, "splitting: brute-force flux walkers per replica (they count "
               "crossings of the basin level and are recycled at the start on escape)", low=1),
