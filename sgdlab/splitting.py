@@ -213,7 +213,8 @@ class SplittingResult(NamedTuple):
       probability: escape probability per attempt (per crossing of the basin level).
       flux: crossings of the basin level per walker-step.
       direct: the part of inverse_mfpt from escapes in one step from the basin
-        (counted, or split over sub-kicks; see the module docstring).
+        (counted, or split over sub-kicks; see the module docstring); with
+        ``trials_from="basin"`` all of it (every trial starts in the basin).
       brute_rate: escapes per walker-step seen by the flux walkers (brute force).
       rate, prob, crossings, escapes, iterations, extinct: per replica.
       walker_steps: flux walker-steps after burn-in, per replica.
