@@ -118,9 +118,10 @@ def test_an_escape_by_one_large_kick_is_split_from_the_basin():
 
     with jax.enable_x64(True):
         lr, x = 0.6, 12.0
-        # the far-left point in closed form: w − λ(w³ − w) = 0
-        assert float(S.far_left_point(lr)) == pytest.approx(-math.sqrt((1 + lr) / lr),
-                                                            rel=1e-12)
+        # the far-left point in closed form: w − λ(w³ − w) = 0, at any learning rate
+        for a in (0.01, 0.1, lr, 2.0):
+            assert float(S.far_left_point(a)) == pytest.approx(-math.sqrt((1 + a) / a),
+                                                               rel=1e-12)
         hp = _hp(lr, 0.25, x)
         _, dU = potential_fns("double-well", 1.0)
         tau = theory.mfpt_nystrom_converged(dU, lr, hp["noise_std"] ** 2, -3.0, 0.0,

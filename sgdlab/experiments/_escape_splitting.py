@@ -46,8 +46,9 @@ def drift_score(o):
 
 def far_left_point(lr, threshold: float = 0.0):
     """The double well's far-left point w_L < −1 whose noiseless step lands on the
-    threshold: w_L − λU'(w_L) = θ (Newton from w = −3 on the outer, decreasing branch;
-    JAX-traceable in ``lr``)."""
+    threshold: w_L − λU'(w_L) = θ (JAX-traceable in ``lr``). Newton from a start left
+    of the root, −1 − 3/√λ − (|θ|/λ)^⅓, where h(w) = w − λ(w³ − w) − θ is convex and
+    decreasing, so the iterates rise monotonically to it."""
     import jax
     import jax.numpy as jnp
 
@@ -55,7 +56,8 @@ def far_left_point(lr, threshold: float = 0.0):
 
     def newton(_, w):
         return w - (w - lr * _double_well_dU(w) - threshold) / (1.0 - lr * d2U(w))
-    return jax.lax.fori_loop(0, 40, newton, jnp.asarray(-3.0, jnp.result_type(float)))
+    start = -1.0 - 3.0 / jnp.sqrt(lr) - (abs(threshold) / lr) ** (1.0 / 3.0)
+    return jax.lax.fori_loop(0, 60, newton, jnp.asarray(start, jnp.result_type(float)))
 
 
 @functools.cache
