@@ -20,7 +20,7 @@ from sgdlab._validate import fail
 from sgdlab.experiments import Outcome, quantity
 from sgdlab.experiments import _escape_chain as chain
 from sgdlab.optim import Optimizer
-from sgdlab.problems import potential_fns
+from sgdlab.problems import Observation, potential_fns
 
 ESTIMATORS = ("brute", "splitting")
 """Values of the ``estimator`` parameter."""
@@ -128,27 +128,27 @@ def score_label(kind: str, choice: str) -> str:
             "auto": "w, or max(w, θ + w_L − w) where λU'' > 1"}[choice]
 
 
+def score_at(cfg, lr: float | None, w: float) -> float:
+    """The score of ``cfg`` at learning rate ``lr`` evaluated at position ``w``: the same
+    function the AMS runs, so a level set from it cannot drift from the score."""
+    import jax.numpy as jnp
+    fn = score_fn(cfg["potential"], cfg["score"], lr, cfg["threshold"])
+    o = Observation(jnp.asarray(w, jnp.result_type(float)), None, None, None, None, 0,
+                    {"learning_rate": lr}, None)
+    return float(fn(o))
+
+
 def levels(cfg, lr: float | None = None) -> tuple[float, float]:
     """``(basin level z_A, target z_B)`` in score units: ``basin`` of the way from the
     score of the minimum to the target (the learning rate ``lr`` sets the nearer
     escape point's score)."""
-    if cfg["potential"] == "sharp-well":
-        lo, top = 0.0, cfg["wall"]
-    else:
-        lo, top = -1.0, cfg["threshold"]
-        if score_fn(cfg["potential"], cfg["score"], lr, top) is nearest_score(float(top)):
-            lo = max(lo, top + float(far_left_point(lr, top)) + 1.0)
+    top = cfg["wall"] if cfg["potential"] == "sharp-well" else cfg["threshold"]
+    lo = score_at(cfg, lr, chain.minimum(cfg["potential"]))
     return lo + cfg["basin"] * (top - lo), top
 
 
 def start_score(cfg, lr: float | None = None) -> float:
-    x0 = chain.minimum(cfg["potential"]) + cfg["start"]
-    if cfg["potential"] == "sharp-well":
-        return abs(x0)
-    if score_fn(cfg["potential"], cfg["score"], lr, cfg["threshold"]) is \
-            nearest_score(float(cfg["threshold"])):
-        return max(x0, cfg["threshold"] + float(far_left_point(lr, cfg["threshold"])) - x0)
-    return x0
+    return score_at(cfg, lr, chain.minimum(cfg["potential"]) + cfg["start"])
 
 
 def budget_of(cfg) -> splitting.Budget:
@@ -168,8 +168,9 @@ def validate(cfg) -> None:
              "(Gaussian gradient noise) only")
     for lr in cfg["learning_rate"]:
         zA, _ = levels(cfg, lr)
-        if not start_score(cfg, lr) < zA:
-            fail("basin", cfg["basin"], f"the start's score {start_score(cfg, lr):g} must lie "
+        z0 = start_score(cfg, lr)
+        if not z0 < zA:
+            fail("basin", cfg["basin"], f"the start's score {z0:g} must lie "
                  f"below the basin level {zA:g} (learning_rate={lr:g}): raise basin or move "
                  "start")
     if cfg["score"] == "nearest" and cfg["potential"] == "sharp-well":
@@ -206,10 +207,11 @@ def analyze(cfg, datasets: dict, seed: int, checkpoint_dir=None) -> Outcome:
     budget = budget_of(cfg)
     quantities, notes, rows, raw = [], [], [], []
     lrs = cfg["learning_rate"]
-    zAs = ", ".join(f"{levels(cfg, lr)[0]:.4g}" for lr in lrs)
+    level = {lr: levels(cfg, lr) for lr in lrs}
+    zAs = ", ".join(f"{level[lr][0]:.4g}" for lr in lrs)
     starts = ", ".join(trials_from(cfg, lr) for lr in lrs)
     notes.append(f"estimator=splitting: score {score_label(cfg['potential'], cfg['score'])}, basin "
-                 f"level {zAs} (per learning rate), target {levels(cfg, lrs[0])[1]:g}; trials "
+                 f"level {zAs} (per learning rate), target {level[lrs[0]][1]:g}; trials "
                  f"from the {starts} states; {budget.replicas} replicas × ({budget.walkers} "
                  f"flux walkers × {budget.flux_steps} steps, {budget.particles} AMS particles, "
                  f"{budget.levels} levels, {budget.substeps} sub-kick(s) per step)"
@@ -220,7 +222,7 @@ def analyze(cfg, datasets: dict, seed: int, checkpoint_dir=None) -> Outcome:
         tau = chain.tau_only(cfg, cell)
         ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / f"splitting_{i}.npz"
         score = score_fn(cfg["potential"], cfg["score"], cell.lr, cfg["threshold"])
-        zA, zB = levels(cfg, cell.lr)
+        zA, zB = level[cell.lr]
         res = splitting.estimate(problem, Optimizer("sgd"),
                                  {"learning_rate": cell.lr, "noise_std": math.sqrt(cell.s2)},
                                  score=score, basin=zA, target=zB,
