@@ -77,6 +77,49 @@ def test_members_bitwise_invariant_to_ensemble_size_and_chunking():
                                   equal_nan=True), v
 
 
+@pytest.mark.parametrize("x64,rtol", [(True, 1e-12), (False, 1e-5)])
+def test_members_one_after_another_equal_the_plain_loop_and_keep_invariance(x64, rtol):
+    """``member_layout="map"`` (members one after another inside each step) trains every
+    member as the plain optax loop does, and its bits do not depend on the seed count or
+    the chunking; it differs from the vectorized layout in rounding only."""
+    with jax.enable_x64(x64):
+        small = sl.run(mlp_study(seeds=5, steps=12, chunk_size=2, block_seeds=1,
+                                 member_layout="map"), progress=False)
+        big = sl.run(mlp_study(seeds=8, steps=12, member_layout="map"), progress=False)
+        vec = sl.run(mlp_study(seeds=5, steps=12, chunk_size=2, block_seeds=1,
+                               member_layout="vmap"), progress=False)
+        assert np.array_equal(small["theta"].values, big["theta"].isel(seed=slice(0, 5)).values)
+        assert np.array_equal(small["loss"].values, big["loss"].isel(seed=slice(0, 5)).values)
+        assert "member_layout" in small.attrs["sgdlab_config"]  # the layout is in the identity
+        assert "member_layout" not in vec.attrs["sgdlab_config"]
+        assert "one after another" in small.attrs["plan"]
+        np.testing.assert_allclose(small["theta"].values, vec["theta"].values, rtol=rtol,
+                                   atol=rtol)
+        study = mlp_study(seeds=2, steps=12, member_layout="map")
+        for i, lr in enumerate(study.grid["learning_rate"]):
+            ref = np.asarray(reference_loop(study.problem, lr, 0.9, study.steps, 1))
+            got = big["theta"].isel(learning_rate=i, seed=1, step=-1).values
+            np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+
+
+def test_member_layout_auto_maps_large_members_on_cpu_only_and_refuses_others():
+    def wide(w):
+        problem = sl.problems.mlp_regression((8, w, w, 1), activation="relu", target="teacher",
+                                             teacher_sizes=(8, 4, 1), inputs="gaussian",
+                                             batch_size=4, reduction="half_mean", n_eval=8)
+        return sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": 0.01}, steps=2, seeds=2)
+    from sgdlab.engine._study import MAP_MEMBER_BYTES
+    item = jnp.zeros(()).dtype.itemsize
+    n = lambda w: 8 * w + w + w * w + w + w + 1  # noqa: E731
+    assert n(1024) * item >= MAP_MEMBER_BYTES > n(512) * item
+    assert wide(1024).resolved_member_layout() == ("map" if jax.default_backend() == "cpu"
+                                                   else "vmap")
+    assert wide(512).resolved_member_layout() == "vmap"
+    assert "member_layout" not in wide(512).describe()  # the old identity where unchanged
+    with pytest.raises(ValueError, match="member_layout"):
+        mlp_study(member_layout="loop")
+
+
 def test_step0_loss_bitwise_invariant_to_chunking():
     """The step-0 loss comes from the init program, where XLA once merged the seeds'
     products into one whose rounding changed with the chunk size (seed 5 of 8 moved by

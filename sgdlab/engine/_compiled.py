@@ -74,6 +74,7 @@ class _Program:
                                    for sp in specs) or (fp is not None
                                                         and not isinstance(fp.predicate, str))
         self.noise = "noise_std" in study.hparams
+        self.member_map = study.resolved_member_layout() == "map"
         self.data_axis = None if problem.data.shared else 0
         self.record_steps = study.observe.steps_for(study.steps) if study.observe else None
         self.bound = float(study.divergence_bound)
@@ -307,8 +308,15 @@ class _Program:
                 if self.noise else None
             batch = row["data"] if "data" in row else jax.vmap(
                 lambda d, dk: problem.data.batch(d, dk, t))(data_s, data_k)
-            members = jax.vmap(per_seed, in_axes=(0, 0, 0, 0, None))(
-                c.members, batch, noise, data_s, t)
+            if self.member_map:  # one member after another (Study.member_layout)
+                def seed_members(a):
+                    ms_g, b, nz, d = a
+                    return jax.lax.map(
+                        lambda m: self._member_step(m[0], b, nz, m[1], t, d), (ms_g, hp))
+                members = jax.lax.map(seed_members, (c.members, batch, noise, data_s))
+            else:
+                members = jax.vmap(per_seed, in_axes=(0, 0, 0, 0, None))(
+                    c.members, batch, noise, data_s, t)
             records = tuple(r.update(self, rs, members, hp, data, valid, t)
                             for r, rs in zip(self.recorders, c.records, strict=True))
             return Carry(members, records, data)
@@ -389,7 +397,7 @@ def _static_key(study: Study, chunk_seeds: int, segment_steps: int, devices: int
             tuple(_hashable(r) for r in study.recorders), study.first_passage, study.steps,
             study.divergence_bound, study.keep_init,
             study.block, tuple((k, v.shape) for k, v in study.hparams.items()), chunk_seeds,
-            segment_steps, devices, str(jnp.zeros(()).dtype))
+            segment_steps, devices, str(jnp.zeros(()).dtype), study.resolved_member_layout())
 
 
 def program_key(study: Study, chunk_seeds: int, segment_steps: int, devices: int = 1) -> tuple:

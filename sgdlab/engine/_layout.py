@@ -37,6 +37,8 @@ class Plan:
     """Seconds to trace and lower the segment program (measured plans only)."""
     compile_s: float | None = None
     """Seconds of XLA compilation of the segment program (measured plans only)."""
+    member_layout: str = "vmap"
+    """How a step runs the members of a chunk (:attr:`Study.member_layout`, decided)."""
 
     @property
     def estimated_bytes(self) -> int:
@@ -53,7 +55,9 @@ class Plan:
                 f"({self.padded_seeds} padding); {self.segments} segment(s) of "
                 f"{self.segment_steps} steps; ~{self.estimated_bytes / 2**20:.1f} MiB per chunk "
                 f"(budget {self.memory_budget / 2**20:.0f} MiB); {self.devices} device(s), "
-                f"statistics in blocks of {self.block_seeds} seeds; 1 compile"
+                f"statistics in blocks of {self.block_seeds} seeds; "
+                + ("members one after another in each step; " if self.member_layout == "map"
+                   else "") + "1 compile"
                 + (f" (measured on a probe: {self.lower_s:.2f} s lowering + "
                    f"{self.compile_s:.2f} s XLA)" if self.compile_s is not None else ""))
 
@@ -275,4 +279,5 @@ def plan(study: Study, chunk_size: int | None = None, memory_budget: int | None 
                 chunk_seeds=chunk, chunks=n_chunks, padded_seeds=chunk * n_chunks - study.seeds,
                 segment_steps=segment, segments=-(-study.steps // segment),
                 bytes_per_seed=per_seed, memory_budget=int(budget), devices=devices,
-                block_seeds=b, lower_s=lower_s, compile_s=compile_s)
+                block_seeds=b, lower_s=lower_s, compile_s=compile_s,
+                member_layout=study.resolved_member_layout())

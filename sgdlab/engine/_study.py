@@ -18,6 +18,16 @@ from sgdlab.engine._state import STREAM_VERSION, _norm
 from sgdlab.optim import RANGES, Optimizer
 from sgdlab.problems import Observation, Problem
 
+MEMBER_LAYOUTS = ("auto", "vmap", "map")
+"""Values of :attr:`Study.member_layout`."""
+
+MAP_MEMBER_BYTES = 4 * 2**20
+"""Parameter bytes of one member from which ``member_layout="auto"`` runs the members of
+a chunk one after another on CPU (4 MiB: 10⁶ float32 numbers). Measured crossover on 2
+cores (benchmarks/RESULTS.md, "Members one after another"): a 64-w-w-1 ReLU net, batch
+128, ran 1.1× faster vectorized at w = 768 (0.6·10⁶ parameters) and 1.1–1.6× faster one
+after another from w = 1024 (1.1·10⁶) up."""
+
 
 def _builtin_observables(problem: Problem) -> dict[str, Callable[[Observation], jnp.ndarray]]:
     def tree_norm(t):
@@ -74,6 +84,13 @@ class Study:
         blocks are merged on the host in seed order, so that statistics, like every
         member's values, are bitwise independent of chunking and device count.
         Chunks (and device shards) hold whole blocks.
+      member_layout: how a step runs the members of a chunk: ``"vmap"`` (all of them
+        in one vectorized step), ``"map"`` (one after another, ``lax.map``, inside the
+        same compiled step) or ``"auto"`` (default: ``"map"`` on CPU when a member's
+        parameters take at least :data:`MAP_MEMBER_BYTES`, where one member's
+        matrices fit the cache and a batch of them does not; ``"vmap"`` otherwise).
+        Either layout keeps every member's bits independent of the seed count, the
+        chunking and the devices; the two differ from each other in rounding only.
 
     Raises:
       ValueError: at construction, naming the field, the value and what is allowed.
@@ -96,6 +113,7 @@ class Study:
     block_seeds: int | None = None
     static: Mapping[str, Any] | None = None
     recorders: tuple = ()
+    member_layout: str = "auto"
 
     def __post_init__(self):
         if self.static is not None:
@@ -112,6 +130,9 @@ class Study:
         if isinstance(self.divergence_bound, bool) or not (
                 isinstance(self.divergence_bound, int | float) and self.divergence_bound > 0):
             fail("divergence_bound", self.divergence_bound, "expected a positive number (or inf)")
+        if self.member_layout not in MEMBER_LAYOUTS:
+            fail("member_layout", self.member_layout, "expected one of "
+                 + ", ".join(MEMBER_LAYOUTS))
         for name in ("segment_steps", "chunk_size", "memory_budget", "block_seeds"):
             if getattr(self, name) is not None:
                 set_(name, positive_int(name, getattr(self, name)))
@@ -186,6 +207,21 @@ class Study:
             if callable(getattr(r, "validate", None)):
                 r.validate(self)
         return tuple(recorders)
+
+    def resolved_member_layout(self) -> str:
+        """``"vmap"`` or ``"map"``: :attr:`member_layout` with ``"auto"`` decided (see
+        the class docstring; benchmarks/RESULTS.md has the measured crossover)."""
+        if self.member_layout != "auto":
+            return self.member_layout
+        if self.static is not None or jax.default_backend() != "cpu":
+            return "vmap"
+        try:
+            leaves = jax.tree_util.tree_leaves(
+                jax.eval_shape(self.problem.init, jax.random.key(0)))
+            size = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in leaves)
+        except Exception:  # a broken init: the study's checks name the mistake at run time
+            return "vmap"
+        return "map" if size >= MAP_MEMBER_BYTES else "vmap"
 
     def recorder_list(self) -> list:
         """The recorders whose states a program carries: Observe, Stationary, then the user's
@@ -346,7 +382,7 @@ class Study:
                             "static": [s.describe()["problem"] for s in subs.values()]}
             d["static"] = {k: _jsonable(list(v)) for k, v in self.static.items()}
             return d
-        return {
+        d = {
             "problem": {"name": self.problem.name, **_jsonable(dict(self.problem.config))},
             "optimizer": self.optimizer.describe(),
             "hparams": {k: v.tolist() for k, v in self.hparams.items()},
@@ -358,9 +394,14 @@ class Study:
             "keep_init": self.keep_init,
             "dtype": str(jnp.zeros(()).dtype),
             "stream": STREAM_VERSION,  # how keys and normals are drawn (see _state)
-        } | ({"recorders": [r.describe() if callable(getattr(r, "describe", None))
-                            else {"name": r.name, "type": type(r).__qualname__}
-                            for r in self.recorders]} if self.recorders else {})
+        }
+        if self.resolved_member_layout() == "map":  # left out at vmap: old identities hold
+            d["member_layout"] = "map"
+        if self.recorders:
+            d["recorders"] = [r.describe() if callable(getattr(r, "describe", None))
+                              else {"name": r.name, "type": type(r).__qualname__}
+                              for r in self.recorders]
+        return d
 
 
 def _jsonable(x):
