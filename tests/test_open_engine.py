@@ -424,6 +424,31 @@ def test_second_run_in_a_fresh_process_reads_the_compiled_program_from_the_cache
     assert run(SGDLAB_COMPILE_CACHE="0")[1] == 0
 
 
+def test_programs_that_differ_only_in_how_their_state_nests_compile_once(tmp_path):
+    """A preconditioned optimizer nests its state one level deeper; its init program
+    computes what plain SGD's does, so the cache holds one init program for both studies
+    (the compiled programs return flat leaves: no pytree paths in the cache key)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, sgdlab as sl\n"
+        "pb = sl.problems.linear_regression(np.diag([1.0, 0.5]), 0.5, 1)\n"
+        "for pre in (None, np.diag([1.0, 2.0])):\n"
+        "    st = sl.Study(pb, sl.Optimizer('momentum', preconditioner=pre),\n"
+        "                  {'learning_rate': [0.1, 0.2], 'momentum': 0.5}, steps=20, seeds=3)\n"
+        "    print(float(sl.run(st, progress=False)['loss_mean'].values[0, -1]))\n")
+    cache = tmp_path / "cc"
+    o = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "SGDLAB_COMPILE_CACHE": str(cache)})
+    assert o.returncode == 0, o.stderr[-2000:]
+    loss_a, loss_b = o.stdout.split()[-2:]
+    assert loss_a != loss_b  # the segments differ: the preconditioner acts
+    assert len(list(cache.glob("jit__init-*-cache"))) == 1
+    assert len(list(cache.glob("jit__segment-*-cache"))) == 2
+
+
 def test_turning_the_cache_off_in_a_process_stops_its_use():
     import jax
     import jax.numpy as jnp

@@ -40,6 +40,33 @@ def trace_count() -> int:
     return TRACE_COUNT
 
 
+def _jit_flat(fn):
+    """``jax.jit(fn)`` whose compiled program returns the flat leaves of ``fn``'s output
+    (the wrapper rebuilds the tree).
+
+    JAX's persistent cache keys a program by its StableHLO, which names every output by its
+    pytree path (``jax.result_info``). Two studies whose programs compute the same thing
+    but whose states nest differently (an optimizer chain with a preconditioner, say)
+    would compile the same program twice; with flat outputs the key is the computation's.
+    """
+    out_tree = []
+
+    def flat(*args, **kw):
+        leaves, tree = jax.tree_util.tree_flatten(fn(*args, **kw))
+        out_tree[:] = [tree]
+        return leaves
+
+    flat.__name__ = flat.__qualname__ = fn.__name__  # the program's name in logs and caches
+    jitted = jax.jit(flat)
+
+    def call(*args, **kw):
+        leaves = jitted(*args, **kw)
+        return jax.tree_util.tree_unflatten(out_tree[0], leaves)
+
+    call.lower = jitted.lower
+    return call
+
+
 class _Program:
     """The compiled functions of one static configuration."""
 
@@ -78,8 +105,8 @@ class _Program:
         self.data_axis = None if problem.data.shared else 0
         self.record_steps = study.observe.steps_for(study.steps) if study.observe else None
         self.bound = float(study.divergence_bound)
-        self.init = jax.jit(self._init)
-        self.segment = jax.jit(self._segment)
+        self.init = _jit_flat(self._init)
+        self.segment = _jit_flat(self._segment)
 
     def _use(self, problem: Problem):
         """Resolve the recorded functions against ``problem`` (inside a program: the

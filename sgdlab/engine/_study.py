@@ -215,13 +215,16 @@ class Study:
             return self.member_layout
         if self.static is not None or jax.default_backend() != "cpu":
             return "vmap"
-        try:
-            leaves = jax.tree_util.tree_leaves(
-                jax.eval_shape(self.problem.init, jax.random.key(0)))
-            size = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in leaves)
-        except Exception:  # a broken init: the study's checks name the mistake at run time
-            return "vmap"
-        return "map" if size >= MAP_MEMBER_BYTES else "vmap"
+        if "_auto_layout" not in self.__dict__:  # decided once per study (it traces init)
+            try:
+                leaves = jax.tree_util.tree_leaves(
+                    jax.eval_shape(self.problem.init, jax.random.key(0)))
+                size = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in leaves)
+            except Exception:  # a broken init: the study's checks name the mistake at run time
+                size = 0
+            object.__setattr__(self, "_auto_layout",
+                               "map" if size >= MAP_MEMBER_BYTES else "vmap")
+        return self.__dict__["_auto_layout"]
 
     def recorder_list(self) -> list:
         """The recorders whose states a program carries: Observe, Stationary, then the user's
