@@ -418,7 +418,8 @@ def _rng_only(study: sl.Study, steps: int):
 
 
 def _update_only(study: sl.Study, steps: int):
-    """Forward, backward and optimizer update of every member on a fixed batch."""
+    """Forward, backward and optimizer update of every member on a fixed batch, members laid
+    out as the engine lays them (``Study.member_layout``)."""
     problem, opt = study.problem, study.optimizer
     data = baselines.shared_data(problem, study.seed)
     s, g = study.seeds, study.n_grid
@@ -439,6 +440,10 @@ def _update_only(study: sl.Study, steps: int):
             return optax.apply_updates(p, updates), st
 
         def body(c, _):
+            if study.resolved_member_layout() == "map":  # as the engine lays members out
+                return jax.lax.map(lambda a: jax.lax.map(
+                    lambda m: member(m[0], m[1], m[2], a[2]), (a[0], a[1], hp)),
+                    (c[0], c[1], batch)), None
             f = jax.vmap(jax.vmap(member, in_axes=(0, 0, 0, None)), in_axes=(0, 0, None, 0))
             return f(c[0], c[1], hp, batch), None
         return jax.lax.scan(body, (params, state), None, length=steps)[0]

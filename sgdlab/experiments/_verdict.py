@@ -99,11 +99,10 @@ def quantity(name: str, coords: Mapping[str, Any], value: float, se: float,
                 # the p-value consistent with the (possibly asymmetric, t-based) interval:
                 # the half-width on the prediction's side is 1.96 effective SEs
                 half = (hi - value) if p > value else (value - lo)
-                if half > 0 and math.isfinite(value) and dof:
-                    t95 = float(stats.t.ppf(0.975, dof))
-                    q["p"] = float(2 * stats.t.sf(t95 * abs(value - p) / half, dof))
-                elif half > 0 and math.isfinite(value):
-                    q["p"] = float(2 * stats.norm.sf(Z95 * abs(value - p) / half))
+                if half > 0 and math.isfinite(value):
+                    r = abs(value - p) / half  # distance in units of the half-width
+                    q["p"] = float(2 * stats.t.sf(stats.t.ppf(0.975, dof) * r, dof)) if dof \
+                        else float(2 * stats.norm.sf(Z95 * r))
             q["pass"] = bool({"equal": lo <= p <= hi, "covers": lo <= p <= hi,
                               "greater": lo > p, "less": hi < p}[crit])
         else:
