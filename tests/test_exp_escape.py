@@ -290,7 +290,16 @@ def test_splitting_run_killed_with_sigkill_resumes_bitwise(tmp_path):
 
     sets = [a for item in SPLIT_SMOKE for a in ("--set", item)]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    args = [sys.executable, "-m", "sgdlab.cli", "run", "escape", "--quiet", *sets]
+    # the CLI, with a pause after each checkpoint write so that the test kills mid-run
+    slow_cli = ("import sys, time\n"
+                "from sgdlab import cli, splitting\n"
+                "write = splitting.atomic_npz\n"
+                "def slow_write(*a, **k):\n"
+                "    write(*a, **k)\n"
+                "    time.sleep(5.0)\n"
+                "splitting.atomic_npz = slow_write\n"
+                "sys.exit(cli.main(sys.argv[1:]))\n")
+    args = [sys.executable, "-c", slow_cli, "run", "escape", "--quiet", *sets]
     p = subprocess.Popen(args + ["--out", str(killed)], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
     state = killed / ".sgdlab-state"
@@ -299,6 +308,7 @@ def test_splitting_run_killed_with_sigkill_resumes_bitwise(tmp_path):
         while p.poll() is None and time.time() < deadline and \
                 not any(state.glob("splitting_*.npz")):
             time.sleep(0.02)
+        assert p.poll() is None, "the run ended before the test could kill it"
         p.send_signal(signal.SIGKILL)
         p.wait(60)
     finally:

@@ -298,7 +298,13 @@ sys.path.insert(0, "tests")
 from test_splitting import SGD, TINY, _hp, abs_w
 from sgdlab import splitting as SP
 from sgdlab.problems import potential_1d
-import dataclasses
+import dataclasses, time
+if sys.argv[5] == "slow":  # a pause after each checkpoint write, so that the test kills mid-run
+    write = SP.atomic_npz
+    def slow_write(*a, **k):
+        write(*a, **k)
+        time.sleep(5.0)
+    SP.atomic_npz = slow_write
 budget = dataclasses.replace(TINY, replicas=int(sys.argv[1]))
 kw = dict(score=abs_w, basin=0.25, target=1.0, budget=budget, seed=11)
 ckpt = sys.argv[2] if sys.argv[2] != "-" else None
@@ -309,14 +315,14 @@ print(json.dumps(rates))
 """
 
 
-def _split_run(tmp_path, replicas, ckpt, chunk, devices, env_devices=1, wait=True):
+def _split_run(tmp_path, replicas, ckpt, chunk, devices, env_devices=1, wait=True, slow=False):
     import os
     import subprocess
     import sys
 
     env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(env_devices), PYTHONUNBUFFERED="1")
     args = [sys.executable, "-c", _SUBPROCESS, str(replicas), str(ckpt or "-"), str(chunk),
-            str(devices)]
+            str(devices), "slow" if slow else "-"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if not wait:
         return subprocess.Popen(args, env=env, cwd=root, stdout=subprocess.PIPE,
@@ -337,11 +343,12 @@ def test_bitwise_equal_across_device_counts_and_after_sigkill(tmp_path):
     assert one == four and len(set(one)) > 1
     # SIGKILL once the first of 8 chunks is on disk, then rerun the same call
     ckpt = tmp_path / "split.npz"
-    p = _split_run(tmp_path, 8, ckpt, 1, 1, wait=False)
+    p = _split_run(tmp_path, 8, ckpt, 1, 1, wait=False, slow=True)
     try:
         deadline = time.time() + 300
         while not ckpt.exists() and p.poll() is None and time.time() < deadline:
             time.sleep(0.05)
+        assert p.poll() is None, "the run ended before the test could kill it"
         p.send_signal(signal.SIGKILL)
         p.wait(60)
     finally:
