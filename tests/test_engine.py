@@ -522,3 +522,34 @@ def test_dry_run_memory_estimate_within_2x_of_the_program_buffers():
     # a budget below the need splits the run into chunks
     small = sl.plan(study, memory_budget=actual // 3)
     assert small.chunks >= 3 and small.estimated_bytes <= actual // 3
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_init_compiled_for_one_run_gives_the_bits_of_the_default_level(x64):
+    """On CPU the init program (it runs once per chunk) is compiled at LLVM's cheaper
+    optimization level: in float64 every value it returns is bitwise that of the default
+    level; in float32 the two levels' code rounds differently (a tanh teacher's labels, the
+    risk at step 0), by a few units in the last place of the values' scale."""
+    from sgdlab.engine import _compiled
+
+    with jax.enable_x64(x64):
+        problem = mlp_study().problem
+        study = sl.Study(problem, sl.Optimizer("momentum"),
+                         {"learning_rate": [0.05, 0.2], "momentum": 0.9, "noise_std": [0.0, 0.3]},
+                         steps=30, seeds=4,
+                         observe=sl.Observe(("loss", "risk", "grad_norm"), num=3))
+        prog = compiled_program(study, 4, 10)
+        hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
+        args = (hp, jnp.arange(4, dtype=jnp.int32), jnp.ones(4, bool), jnp.uint32(3))
+        cheap, default = prog.init(*args), jax.jit(prog._init)(*args)
+        assert _compiled.ONCE_OPTIONS == {"xla_backend_optimization_level": 1}
+        a, b = jax.tree_util.tree_leaves(cheap), jax.tree_util.tree_leaves(default)
+        assert len(a) == len(b) > 3
+        for x, y in zip(a, b, strict=True):
+            x, y = np.asarray(x), np.asarray(y)
+            assert x.dtype == y.dtype and np.array_equal(np.isnan(x), np.isnan(y))
+            if x64 or not np.issubdtype(x.dtype, np.floating):
+                assert np.array_equal(x, y, equal_nan=True)
+            else:  # rounding: within 8 ulp of the largest value of the array
+                scale = np.nanmax(np.abs(y)) if np.any(np.isfinite(y)) else 0.0
+                np.testing.assert_allclose(x, y, rtol=0, atol=8 * np.finfo(x.dtype).eps * scale)

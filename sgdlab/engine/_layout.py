@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgdlab._validate import fail, positive_int
-from sgdlab.engine._compiled import _arrays, _Program, _static_key, tile_steps
+from sgdlab.engine._compiled import _arrays, _Program, _static_key, jit_flat, tile_steps
 from sgdlab.engine._state import Carry
 from sgdlab.engine._study import Study
 
@@ -99,9 +99,10 @@ def _shard(prog: _Program, devices: int):
                       for r in prog.recorders)
     data_spec = rep if prog.data_axis is None else seeds
     carry_spec = Carry(seeds, rec_specs, data_spec)
-    init = jax.jit(jax.shard_map(prog._init, mesh=mesh, in_specs=(rep, seeds, seeds, rep, rep),
-                                 out_specs=carry_spec, check_vma=False))
-    segment = jax.jit(jax.shard_map(
+    # flat outputs, as on one device: equal computations share one cache entry
+    init = jit_flat(jax.shard_map(prog._init, mesh=mesh, in_specs=(rep, seeds, seeds, rep, rep),
+                                  out_specs=carry_spec, check_vma=False), once=True)
+    segment = jit_flat(jax.shard_map(
         prog._segment, mesh=mesh, in_specs=(carry_spec, rep, rep, seeds, seeds, rep, rep, rep),
         out_specs=carry_spec, check_vma=False))
 
