@@ -64,12 +64,11 @@ def jit_flat(fn, once: bool = False):
 
     flat.__name__ = flat.__qualname__ = fn.__name__  # the program's name in logs and caches
     once = once and jax.default_backend() == "cpu"
+    # JAX takes compiler options on top-level calls only: trace ``fn`` itself for shapes
     jitted = jax.jit(flat, compiler_options=ONCE_OPTIONS if once else None)
-    nested = jax.jit(flat) if once else jitted  # JAX takes options on top-level calls only
 
     def call(*args, **kw):
-        traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((args, kw)))
-        leaves = (nested if traced else jitted)(*args, **kw)
+        leaves = jitted(*args, **kw)
         return jax.tree_util.tree_unflatten(out_tree[0], leaves)
 
     call.lower = jitted.lower

@@ -177,8 +177,8 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
         chunks = [done[str(i)] for i in range(meta["chunk"])]
         start_chunk, start_seg = meta["chunk"], meta["segment"]
         if leaves:
-            template = jax.eval_shape(
-                prog.init, hp, jnp.zeros(p.chunk_seeds, jnp.int32), jnp.ones(p.chunk_seeds, bool),
+            template = jax.eval_shape(  # the raw init: its jitted form is top-level only
+                prog._init, hp, jnp.zeros(p.chunk_seeds, jnp.int32), jnp.ones(p.chunk_seeds, bool),
                 base_seed, arrays)
             carry0 = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
                                                   [jnp.asarray(x) for x in leaves])
@@ -453,7 +453,8 @@ def _work_chunks(r: _ChunkRun, mine: list[int], carries: dict[int, int]):
         first = carries.get(c, 0)
         if first:
             if template is None:
-                template = jax.eval_shape(prog.init, hp, seed_index, valid_j, base_seed, arrays)
+                template = jax.eval_shape(prog._init, hp, seed_index, valid_j, base_seed,
+                                          arrays)
             meta, leaves = r.store.read_carry(c)
             if meta.get("config") != r.part_meta["config"] or meta["segment"] != first:
                 fail("checkpoint", r.store.dir,
