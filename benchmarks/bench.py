@@ -394,7 +394,8 @@ def _short(study: sl.Study, steps: int, **kw) -> sl.Study:
 
 def _rng_only(study: sl.Study, steps: int):
     """Every seed's batches for ``steps`` steps, drawn as the engine draws them: once per
-    seed (shared by its grid points), in blocks of steps where the source has blocks."""
+    seed (shared by its grid points), in blocks of steps where the source has blocks, for
+    groups of seeds one after another on CPU (``sl.engine.by_seed_groups``)."""
     source = study.problem.data
     data = baselines.shared_data(study.problem, study.seed)
     keys = jax.random.split(jax.random.key(2), study.seeds)
@@ -411,7 +412,9 @@ def _rng_only(study: sl.Study, steps: int):
             return jax.lax.scan(body, jnp.zeros(()), jnp.arange(1, steps + 1))[0]
 
         def body(acc, b):
-            return acc + total(jax.vmap(lambda k: source.block(data, k, b, B))(keys)), None
+            rows = sl.engine.by_seed_groups(
+                lambda ks: jax.vmap(lambda k: source.block(data, k, b, B))(ks), keys)
+            return acc + total(rows), None
         return jax.lax.scan(body, jnp.zeros(()), jnp.arange(-(-steps // B)))[0]
 
     return lambda r: run(keys)

@@ -553,3 +553,52 @@ def test_init_compiled_for_one_run_gives_the_bits_of_the_default_level(x64):
             else:  # rounding: within 8 ulp of the largest value of the array
                 scale = np.nanmax(np.abs(y)) if np.any(np.isfinite(y)) else 0.0
                 np.testing.assert_allclose(x, y, rtol=0, atol=8 * np.finfo(x.dtype).eps * scale)
+
+
+def _per_seed_shift_source():
+    """An online source with per-seed data (a shift drawn for each seed) and blocks."""
+    def init(key):
+        return {"shift": jax.random.normal(key, (2,))}
+
+    def batch(data, key, t):
+        return jax.random.normal(jax.random.fold_in(key, t), (2,)) + data["shift"]
+
+    def block(data, key, b, B):
+        return jax.random.normal(sl.data.block_key(key, b), (B, 2)) + data["shift"]
+
+    return sl.data.DataSource(init=init, batch=batch, batch_size=1, block=block)
+
+
+@pytest.mark.parametrize("source", ["shared", "per_seed"])
+def test_tiles_drawn_for_groups_of_seeds_give_the_bits_of_one_draw(monkeypatch, source):
+    """On CPU a tile's data and gradient noise are drawn for groups of seeds one after
+    another (``GROUP_NUMBERS``); every seed's numbers, hence every result, are bitwise those
+    of one draw for the whole chunk, with shared and with per-seed data."""
+    import collections
+    import dataclasses
+
+    from sgdlab.engine import _compiled
+
+    problem = sl.problems.noisy_quadratic([1.0, 0.5], [0.5, 0.2], init_scale=0.3)
+    if source == "per_seed":
+        problem = dataclasses.replace(problem, data=_per_seed_shift_source())
+    assert problem.data.shared == (source == "shared")
+    study = sl.Study(problem, sl.Optimizer("sgd"),
+                     {"learning_rate": [0.1, 0.3], "noise_std": [0.0, 0.5]}, steps=150,
+                     seeds=24, observe=sl.Observe(("w", "loss"), num=5),
+                     stationary=sl.Stationary(("w2",), burn_in=20))
+
+    def run(limit):
+        monkeypatch.setattr(_compiled, "GROUP_NUMBERS", limit)
+        monkeypatch.setattr(_compiled, "_PROGRAMS", collections.OrderedDict())
+        return sl.run(study, progress=False)
+
+    whole = run(2**30)
+    grouped = run(1024)
+    S = sl.plan(study).chunk_seeds
+    # a tile of 64 steps: 64 × 2 numbers of data and 64 × 2 of noise per seed
+    assert _compiled.seed_group(S, 128) < S and S % _compiled.seed_group(S, 128) == 0
+    assert whole.data_vars.keys() == grouped.data_vars.keys()
+    for v in whole.data_vars:
+        assert np.array_equal(whole[v].values, grouped[v].values, equal_nan=True), v
+    assert len(np.unique(whole["w"].values[..., -1, :])) > 10  # seeds differ

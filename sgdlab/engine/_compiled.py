@@ -213,32 +213,37 @@ class _Program:
         return new
 
     def _noise_blocks(self, noise_k, params):
-        """``(B, draw)`` for the block noise of a chunk (see ``STREAM_VERSION``):
-        ``draw(b)`` gives every seed's normals of block ``b`` (leaves ``[S, B, ...]``,
-        shared by the seed's grid points)."""
+        """``(B, one_seed, per_seed_args, shared_args)`` for the block noise of a chunk (see
+        ``STREAM_VERSION``): ``one_seed(key, None, b)`` gives one seed's normals of block
+        ``b`` (leaves ``[B, ...]``, shared by the seed's grid points)."""
         shapes = [(x.shape[2:], x.dtype) for x in jax.tree_util.tree_leaves(params)]
         B = noise_block(sum(math.prod(sh) for sh, _ in shapes))
 
-        def one_seed(key, b):
+        def one_seed(key, shared, b):
+            del shared
             keys = jax.random.split(jax.random.fold_in(key, b), len(shapes))
             return tuple(jax.random.normal(k, (B,) + sh, dt)
                          for k, (sh, dt) in zip(keys, shapes, strict=True))
 
-        def draw(b):
-            return jax.vmap(one_seed, in_axes=(0, None))(noise_k, b)
+        return B, one_seed, noise_k, None
 
-        return B, draw
-
-    def _data_blocks(self, data_k, data_s):
-        """``(B, draw)`` for a source that draws blocks of steps (``sgdlab.data``):
-        ``draw(b)`` gives every seed's batches of block ``b`` (leaves ``[S, B, ...]``)."""
+    def _data_blocks(self, data_k, data):
+        """``(B, one_seed, per_seed_args, shared_args)`` for a source that draws blocks of
+        steps (``sgdlab.data``): ``one_seed((key, d), None, b)`` (per-seed data) or
+        ``one_seed(key, data, b)`` (shared data) gives one seed's batches of block ``b``
+        (leaves ``[B, ...]``). Shared data is broadcast over each group of seeds inside the
+        draw (see :meth:`_per_seed_data`), not over the whole chunk."""
         source = self.problem.data
-        B = data_lib.block_steps(source, jax.tree_util.tree_map(lambda x: x[0], data_s))
+        first = data if self.data_axis is None else jax.tree_util.tree_map(lambda x: x[0], data)
+        B = data_lib.block_steps(source, first)
+        if self.data_axis == 0:
+            def one_seed(a, shared, b):
+                return source.block(a[1], a[0], b, B)
+            return B, one_seed, (data_k, data), None
 
-        def draw(b):
-            return jax.vmap(lambda dk, d: source.block(d, dk, b, B))(data_k, data_s)
-
-        return B, draw
+        def one_seed_shared(a, d, b):
+            return source.block(d, a, b, B)
+        return B, one_seed_shared, data_k, data
 
     # ---- all members of a chunk
     def _per_seed_data(self, data, n_seeds):
@@ -332,11 +337,11 @@ class _Program:
 
         data_s = self._per_seed_data(data, seed_index.shape[0])
         treedef = jax.tree_util.tree_structure(carry.members.params)
-        streams = {}  # name -> (steps per block, draw(b))
+        streams = {}  # name -> (steps per block, one_seed, per-seed args, shared args)
         if self.noise:
             streams["noise"] = self._noise_blocks(noise_k, carry.members.params)
         if problem.data.block is not None:
-            streams["data"] = self._data_blocks(data_k, data_s)
+            streams["data"] = self._data_blocks(data_k, data)
 
         def step(c: Carry, t, row):
             noise = jax.tree_util.tree_unflatten(treedef, list(row["noise"])) \
@@ -367,15 +372,22 @@ class _Program:
         # then its steps read their rows; nothing is carried from tile to tile. A segment
         # that starts or ends inside a tile draws all of it: default segments hold whole
         # tiles (``_layout.default_segment``; benchmarks/RESULTS.md, version 4).
-        Bm = max(B for B, _ in streams.values())
+        Bm = max(B for B, *_ in streams.values())
 
         def tile_rows(k):
             out = {}
-            for name, (B, draw) in streams.items():
+            for name, (B, one_seed, per_seed_args, shared) in streams.items():
                 n = Bm // B
-                blocks = jax.vmap(draw, out_axes=1)(k * n + jnp.arange(n, dtype=jnp.int32))
-                out[name] = jax.tree_util.tree_map(  # [S, n, B, ...] -> [S, Bm, ...]
-                    lambda x: x.reshape(x.shape[:1] + (Bm,) + x.shape[3:]), blocks)
+                bs = k * n + jnp.arange(n, dtype=jnp.int32)
+
+                def seeds(a, shared=shared, one_seed=one_seed, bs=bs):  # [g, Bm, ...]
+                    g = jax.tree_util.tree_leaves(a)[0].shape[0]
+                    d = None if shared is None else self._per_seed_data(shared, g)
+                    blocks = jax.vmap(lambda a1, d1: jax.vmap(
+                        lambda b: one_seed(a1, d1, b))(bs))(a, d)
+                    return jax.tree_util.tree_map(  # [g, n, B, ...] -> [g, Bm, ...]
+                        lambda x: x.reshape(x.shape[:1] + (Bm,) + x.shape[3:]), blocks)
+                out[name] = by_seed_groups(seeds, per_seed_args)
             return out
 
         def tile(k, c):
@@ -390,6 +402,40 @@ class _Program:
             return jax.lax.fori_loop(lo, hi + 1, one, c)
 
         return jax.lax.fori_loop(t0 // Bm, (t0 + S - 1) // Bm + 1, tile, carry)
+
+
+GROUP_NUMBERS = 2**18
+"""On CPU a tile's random numbers are drawn for groups of seeds of at most this many numbers
+each (one after another), not for the whole chunk at once: XLA:CPU draws 2^16-2^20 normals in
+one go at 10-12 ns each and 2^21 or more at 20-33 ns (benchmarks/RESULTS.md). Every seed's
+numbers are the same either way."""
+
+
+def seed_group(seeds: int, per_seed: int) -> int:
+    """Seeds per group of :func:`by_seed_groups`: the largest divisor of ``seeds`` whose
+    numbers fit :data:`GROUP_NUMBERS`; ``seeds`` (one group) when they all fit, or when the
+    groups would hold under an eighth of it (too small to pay for the loop)."""
+    per_seed = max(1, int(per_seed))
+    small = [d for d in range(1, math.isqrt(seeds) + 1) if seeds % d == 0]
+    g = max(d for d in small + [seeds // d for d in small]
+            if d * per_seed <= GROUP_NUMBERS or d == 1)
+    return seeds if g * per_seed < GROUP_NUMBERS // 8 else g
+
+
+def by_seed_groups(fn, args):
+    """``fn(args)`` for ``args`` with a leading seed axis (leaves ``[S, ...]``), computed
+    for groups of seeds one after another on CPU (:data:`GROUP_NUMBERS`); ``fn`` treats
+    each seed alone, so the result is bitwise that of one call."""
+    S = jax.tree_util.tree_leaves(args)[0].shape[0]
+    if jax.default_backend() != "cpu":
+        return fn(args)
+    one = jax.eval_shape(fn, jax.tree_util.tree_map(lambda x: x[:1], args))
+    g = seed_group(S, sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(one)))
+    if g == S:
+        return fn(args)
+    grouped = jax.tree_util.tree_map(lambda x: x.reshape((S // g, g) + x.shape[1:]), args)
+    out = jax.lax.map(fn, grouped)
+    return jax.tree_util.tree_map(lambda x: x.reshape((S,) + x.shape[2:]), out)
 
 
 def tile_steps(study: Study) -> int:
