@@ -444,9 +444,8 @@ def _update_only(study: sl.Study, steps: int):
 
         def body(c, _):
             if study.resolved_member_layout() == "map":  # as the engine lays members out
-                return jax.lax.map(lambda a: jax.lax.map(
-                    lambda m: member(m[0], m[1], m[2], a[2]), (a[0], a[1], hp)),
-                    (c[0], c[1], batch)), None
+                return sl.engine.member_by_member(
+                    lambda m, b, h: member(m[0], m[1], h, b), c, batch, hp), None
             f = jax.vmap(jax.vmap(member, in_axes=(0, 0, 0, None)), in_axes=(0, 0, None, 0))
             return f(c[0], c[1], hp, batch), None
         return jax.lax.scan(body, (params, state), None, length=steps)[0]

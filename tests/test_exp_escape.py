@@ -283,6 +283,7 @@ def test_splitting_estimator_end_to_end(tmp_path, capsys):
 def test_splitting_run_killed_with_sigkill_resumes_bitwise(tmp_path):
     """``sgdlab run escape --set estimator=splitting`` checkpoints its chunks of replicas
     under the run's state directory: SIGKILL after the first one, rerun, same bits."""
+    import os
     import signal
     import subprocess
     import sys
@@ -291,13 +292,12 @@ def test_splitting_run_killed_with_sigkill_resumes_bitwise(tmp_path):
     sets = [a for item in SPLIT_SMOKE for a in ("--set", item)]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     # the CLI, with a pause after each checkpoint write so that the test kills mid-run
-    slow_cli = ("import sys, time\n"
-                "from sgdlab import cli, splitting\n"
-                "write = splitting.atomic_npz\n"
-                "def slow_write(*a, **k):\n"
-                "    write(*a, **k)\n"
-                "    time.sleep(5.0)\n"
-                "splitting.atomic_npz = slow_write\n"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    slow_cli = ("import sys\n"
+                f"sys.path.insert(0, {tests!r})\n"
+                "from _slow import slow_checkpoint_writes\n"
+                "from sgdlab import cli\n"
+                "slow_checkpoint_writes()\n"
                 "sys.exit(cli.main(sys.argv[1:]))\n")
     args = [sys.executable, "-c", slow_cli, "run", "escape", "--quiet", *sets]
     p = subprocess.Popen(args + ["--out", str(killed)], stdout=subprocess.DEVNULL,

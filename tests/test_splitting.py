@@ -298,13 +298,10 @@ sys.path.insert(0, "tests")
 from test_splitting import SGD, TINY, _hp, abs_w
 from sgdlab import splitting as SP
 from sgdlab.problems import potential_1d
-import dataclasses, time
+import dataclasses
 if sys.argv[5] == "slow":  # a pause after each checkpoint write, so that the test kills mid-run
-    write = SP.atomic_npz
-    def slow_write(*a, **k):
-        write(*a, **k)
-        time.sleep(5.0)
-    SP.atomic_npz = slow_write
+    from _slow import slow_checkpoint_writes
+    slow_checkpoint_writes()
 budget = dataclasses.replace(TINY, replicas=int(sys.argv[1]))
 kw = dict(score=abs_w, basin=0.25, target=1.0, budget=budget, seed=11)
 ckpt = sys.argv[2] if sys.argv[2] != "-" else None

@@ -52,7 +52,13 @@ from sgdlab.engine._cache import compile_cache
 from sgdlab.engine._cache import requested as _cache_requested
 from sgdlab.engine._checkpoint import Checkpoint
 from sgdlab.engine._checks import UserFunctionError
-from sgdlab.engine._compiled import by_seed_groups, program_key, tile_steps, trace_count
+from sgdlab.engine._compiled import (
+    by_seed_groups,
+    member_by_member,
+    program_key,
+    tile_steps,
+    trace_count,
+)
 from sgdlab.engine._distributed import barrier, is_writer
 from sgdlab.engine._distributed import initialize as initialize_distributed
 from sgdlab.engine._distributed import requested as distributed_requested
@@ -95,4 +101,5 @@ __all__ = ["Study", "Observe", "Stationary", "FirstPassage", "Plan", "StaticPlan
            "device_description", "versions", "default_memory_budget", "ObservableSpec",
            "UserFunctionError", "Recorder", "STREAM_VERSION", "noise_block", "tile_steps",
            "program_key", "barrier", "is_writer", "member_keys", "distributed_requested",
-           "initialize_distributed", "ObserveState", "StationaryState", "by_seed_groups"]
+           "initialize_distributed", "ObserveState", "StationaryState", "by_seed_groups",
+           "member_by_member"]

@@ -349,11 +349,9 @@ class _Program:
             batch = row["data"] if "data" in row else jax.vmap(
                 lambda d, dk: problem.data.batch(d, dk, t))(data_s, data_k)
             if self.member_map:  # one member after another (Study.member_layout)
-                def seed_members(a):
-                    ms_g, b, nz, d = a
-                    return jax.lax.map(
-                        lambda m: self._member_step(m[0], b, nz, m[1], t, d), (ms_g, hp))
-                members = jax.lax.map(seed_members, (c.members, batch, noise, data_s))
+                members = member_by_member(
+                    lambda m, a, h: self._member_step(m, a[0], a[1], h, t, a[2]),
+                    c.members, (batch, noise, data_s), hp)
             else:
                 members = jax.vmap(per_seed, in_axes=(0, 0, 0, 0, None))(
                     c.members, batch, noise, data_s, t)
@@ -436,6 +434,39 @@ def by_seed_groups(fn, args):
     grouped = jax.tree_util.tree_map(lambda x: x.reshape((S // g, g) + x.shape[1:]), args)
     out = jax.lax.map(fn, grouped)
     return jax.tree_util.tree_map(lambda x: x.reshape((S,) + x.shape[2:]), out)
+
+
+def member_by_member(fn, members, per_seed, per_point):
+    """``fn(member, seed_args, point_args)`` for every member, one after another, each
+    member's result written in place into ``members`` (leaves ``[S, G, ...]``: seeds, grid
+    points); ``per_seed`` leaves are ``[S, ...]``, ``per_point`` leaves ``[G, ...]``, and
+    ``fn`` returns a member of the same structure.
+
+    The layout of ``Study.member_layout="map"``: each member is computed alone, so its bits
+    are those of any other layout of members computed alone (a ``lax.map`` over seeds and
+    grid points, a plain loop). A loop that writes into the carried state reuses its
+    buffers, where a ``lax.map`` fills a new stacked output every step (XLA:CPU spends a
+    quarter of W5's step zeroing it; benchmarks/RESULTS.md)."""
+    S, G = jax.tree_util.tree_leaves(members)[0].shape[:2]
+
+    zero = jnp.int32(0)
+
+    def take(x, idx):
+        n = len(idx)
+        return jax.lax.dynamic_slice(x, idx + (zero,) * (x.ndim - n),
+                                     (1,) * n + x.shape[n:]).reshape(x.shape[n:])
+
+    def body(j, ms):
+        i, k = j // G, j % G
+        new = fn(jax.tree_util.tree_map(lambda x: take(x, (i, k)), ms),
+                 jax.tree_util.tree_map(lambda x: take(x, (i,)), per_seed),
+                 jax.tree_util.tree_map(lambda x: take(x, (k,)), per_point))
+        return jax.tree_util.tree_map(
+            lambda x, y: jax.lax.dynamic_update_slice(
+                x, y.reshape((1, 1) + y.shape).astype(x.dtype), (i, k) + (zero,) * y.ndim),
+            ms, new)
+
+    return jax.lax.fori_loop(jnp.int32(0), jnp.int32(S * G), body, members)
 
 
 def tile_steps(study: Study) -> int:
