@@ -555,6 +555,27 @@ def test_init_compiled_for_one_run_gives_the_bits_of_the_default_level(x64):
                 np.testing.assert_allclose(x, y, rtol=0, atol=8 * np.finfo(x.dtype).eps * scale)
 
 
+def test_member_by_member_gives_each_member_the_bits_of_a_map_over_members():
+    """``sl.engine.member_by_member`` (the ``member_layout="map"`` loop, writing each member
+    into the carried state) computes every member as a ``lax.map`` over seeds and grid points
+    does, with per-seed and per-point arguments taken at the member's indices."""
+    S, G = 3, 4
+    members = {"w": jax.random.normal(jax.random.key(0), (S, G, 5, 7)),
+               "n": jnp.arange(S * G, dtype=jnp.int32).reshape(S, G), "none": None}
+    per_seed = jax.random.normal(jax.random.key(1), (S, 7, 2))
+    per_point = {"h": jnp.linspace(0.1, 1.0, G)}
+
+    def fn(m, x, p):
+        return {"w": jnp.tanh(m["w"] @ x @ x.T * p["h"]), "n": m["n"] * 3 + 1, "none": None}
+
+    got = jax.jit(lambda m: sl.engine.member_by_member(fn, m, per_seed, per_point))(members)
+    ref = jax.jit(lambda m: jax.lax.map(lambda a: jax.lax.map(
+        lambda b: fn(b[0], a[1], b[1]), (a[0], per_point)), (m, per_seed)))(members)
+    assert got["none"] is None
+    assert np.array_equal(got["n"], ref["n"]) and np.array_equal(got["w"], ref["w"])
+    assert not np.array_equal(got["w"][0, 1], got["w"][1, 0])  # members differ
+
+
 def _per_seed_shift_source():
     """An online source with per-seed data (a shift drawn for each seed) and blocks."""
     def init(key):
