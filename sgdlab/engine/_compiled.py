@@ -45,10 +45,11 @@ ONCE_OPTIONS = {"xla_backend_optimization_level": 1}
 optimization level takes 23-39% off its compile, and its run time does not matter."""
 
 
-def jit_flat(fn, once: bool = False):
+def jit_flat(fn, once: bool = False, donate: tuple[int, ...] = ()):
     """``jax.jit(fn)`` whose compiled program returns the flat leaves of ``fn``'s output
     (the wrapper rebuilds the tree). ``once``: the program runs once per chunk, so on CPU it
-    is compiled with :data:`ONCE_OPTIONS`.
+    is compiled with :data:`ONCE_OPTIONS`. ``donate``: positions of arguments whose buffers the
+    program may reuse for its outputs (the caller drops them: the segment's carry).
 
     JAX's persistent cache keys a program by its StableHLO, which names every output by its
     pytree path (``jax.result_info``). Two studies whose programs compute the same thing
@@ -65,7 +66,8 @@ def jit_flat(fn, once: bool = False):
     flat.__name__ = flat.__qualname__ = fn.__name__  # the program's name in logs and caches
     once = once and jax.default_backend() == "cpu"
     # JAX takes compiler options on top-level calls only: trace ``fn`` itself for shapes
-    jitted = jax.jit(flat, compiler_options=ONCE_OPTIONS if once else None)
+    jitted = jax.jit(flat, compiler_options=ONCE_OPTIONS if once else None,
+                     donate_argnums=donate)
 
     def call(*args, **kw):
         leaves = jitted(*args, **kw)
@@ -114,7 +116,7 @@ class _Program:
         self.record_steps = study.observe.steps_for(study.steps) if study.observe else None
         self.bound = float(study.divergence_bound)
         self.init = jit_flat(self._init, once=True)
-        self.segment = jit_flat(self._segment)
+        self.segment = jit_flat(self._segment, donate=(0,))
 
     def _use(self, problem: Problem):
         """Resolve the recorded functions against ``problem`` (inside a program: the
@@ -315,6 +317,8 @@ class _Program:
         The count is an argument of the one compiled program, so the run loop sizes
         each call by time (see ``_loop._Pacer``) without compiling again; the steps
         are the same computation whatever the count, so results do not depend on it.
+        The program reuses ``carry``'s buffers for its result (donated: the loop drops the
+        old carry), so members updated in place are not copied first.
         """
         global TRACE_COUNT
         TRACE_COUNT += 1
