@@ -85,10 +85,11 @@ class Study:
         member's values, are bitwise independent of chunking and device count.
         Chunks (and device shards) hold whole blocks.
       member_layout: how a step runs the members of a chunk: ``"vmap"`` (all of them
-        in one vectorized step), ``"map"`` (one after another, ``lax.map``, inside the
-        same compiled step) or ``"auto"`` (default: ``"map"`` on CPU when a member's
-        parameters take at least :data:`MAP_MEMBER_BYTES`, where one member's
-        matrices fit the cache and a batch of them does not; ``"vmap"`` otherwise).
+        in one vectorized step), ``"map"`` (one after another, each written in place into
+        the carried state, inside the same compiled step: ``engine.member_by_member``)
+        or ``"auto"`` (default: ``"map"`` on CPU when a member's parameters take at
+        least :data:`MAP_MEMBER_BYTES`, where one member's matrices fit the cache and a
+        batch of them does not; ``"vmap"`` otherwise).
         Either layout keeps every member's bits independent of the seed count, the
         chunking and the devices; the two differ from each other in rounding only.
 
