@@ -24,7 +24,7 @@ from sgdlab.engine._state import (
     noise_block,
     shared_key,
 )
-from sgdlab.engine._study import Study, _builtin_observables, _resolve
+from sgdlab.engine._study import Study, _builtin_observables, _resolve, float_dtype
 from sgdlab.problems import Observation, Problem
 
 TRACE_COUNT = 0
@@ -473,10 +473,24 @@ def member_by_member(fn, members, per_seed, per_point):
     return jax.lax.fori_loop(jnp.int32(0), jnp.int32(S * G), body, members)
 
 
+_TILES: dict = {}
+""":func:`tile_steps` of recent configurations (it traces the problem's init and batch,
+which costs a small study's run more than its steps do)."""
+
+
 def tile_steps(study: Study) -> int:
     """Steps per tile of a study's blocked random streams (gradient noise, a data source
     with blocks): the longest block, 1 without any. A segment draws whole tiles, so
     segments of a multiple of it waste no random numbers (the default layout's)."""
+    key = (study.problem.static_key(), "noise_std" in study.hparams, float_dtype())
+    if key not in _TILES:
+        _TILES[key] = _tile_steps(study)
+        while len(_TILES) > 64:
+            _TILES.pop(next(iter(_TILES)))
+    return _TILES[key]
+
+
+def _tile_steps(study: Study) -> int:
     problem = study.problem
     sizes = []
     if "noise_std" in study.hparams:
@@ -513,7 +527,7 @@ def _static_key(study: Study, chunk_seeds: int, segment_steps: int, devices: int
             tuple(_hashable(r) for r in study.recorders), study.first_passage, study.steps,
             study.divergence_bound, study.keep_init,
             study.block, tuple((k, v.shape) for k, v in study.hparams.items()), chunk_seeds,
-            segment_steps, devices, str(jnp.zeros(()).dtype), study.resolved_member_layout())
+            segment_steps, devices, float_dtype(), study.resolved_member_layout())
 
 
 def program_key(study: Study, chunk_seeds: int, segment_steps: int, devices: int = 1) -> tuple:

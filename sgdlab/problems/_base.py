@@ -108,7 +108,8 @@ class Problem:
         if not self.is_pytree:
             return self
         leaves, treedef = jax.tree_util.tree_flatten(self.arrays)
-        shapes = tuple((np.shape(x), str(jnp.asarray(x).dtype)) for x in leaves)
+        shapes = tuple((np.shape(x), str(jax.dtypes.canonicalize_dtype(
+            x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype))) for x in leaves)
         return ("pytree", _bind_key(self.bind), treedef, shapes,
                 tuple(sorted(self.hyperparams)))
 
