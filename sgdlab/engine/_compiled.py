@@ -444,7 +444,7 @@ def member_by_member(fn, members, per_seed, per_point):
     """``fn(member, seed_args, point_args)`` for every member, one after another, each
     member's result written in place into ``members`` (leaves ``[S, G, ...]``: seeds, grid
     points); ``per_seed`` leaves are ``[S, ...]``, ``per_point`` leaves ``[G, ...]``, and
-    ``fn`` returns a member of the same structure.
+    ``fn`` returns a member of the same structure, shapes and dtypes.
 
     The layout of ``Study.member_layout="map"``: each member is computed alone, so its bits
     are those of any other layout of members computed alone (a ``lax.map`` over seeds and
@@ -467,7 +467,7 @@ def member_by_member(fn, members, per_seed, per_point):
                  jax.tree_util.tree_map(lambda x: take(x, (k,)), per_point))
         return jax.tree_util.tree_map(
             lambda x, y: jax.lax.dynamic_update_slice(
-                x, y.reshape((1, 1) + y.shape).astype(x.dtype), (i, k) + (zero,) * y.ndim),
+                x, y.reshape((1, 1) + y.shape), (i, k) + (zero,) * y.ndim),
             ms, new)
 
     return jax.lax.fori_loop(jnp.int32(0), jnp.int32(S * G), body, members)
