@@ -524,37 +524,6 @@ def test_dry_run_memory_estimate_within_2x_of_the_program_buffers():
     assert small.chunks >= 3 and small.estimated_bytes <= actual // 3
 
 
-@pytest.mark.parametrize("x64", [False, True])
-def test_init_compiled_for_one_run_gives_the_bits_of_the_default_level(x64):
-    """On CPU the init program (it runs once per chunk) is compiled at LLVM's cheaper
-    optimization level: in float64 every value it returns is bitwise that of the default
-    level; in float32 the two levels' code rounds differently (a tanh teacher's labels, the
-    risk at step 0), by a few units in the last place of the values' scale."""
-    with jax.enable_x64(x64):
-        problem = mlp_study().problem
-        study = sl.Study(problem, sl.Optimizer("momentum"),
-                         {"learning_rate": [0.05, 0.2], "momentum": 0.9, "noise_std": [0.0, 0.3]},
-                         steps=30, seeds=4,
-                         observe=sl.Observe(("loss", "risk", "grad_norm"), num=3))
-        prog = compiled_program(study, 4, 10)
-        hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
-        args = (hp, jnp.arange(4, dtype=jnp.int32), jnp.ones(4, bool), jnp.uint32(3))
-        cheap, default = prog.init(*args), jax.jit(prog._init)(*args)
-        a, b = jax.tree_util.tree_leaves(cheap), jax.tree_util.tree_leaves(default)
-        assert len(a) == len(b) > 3
-        if not x64:  # the option reaches the compiler: the two programs round differently
-            same = [np.array_equal(x, y, equal_nan=True) for x, y in zip(a, b, strict=True)]
-            assert not all(same), "the init was compiled at the default level"
-        for x, y in zip(a, b, strict=True):
-            x, y = np.asarray(x), np.asarray(y)
-            assert x.dtype == y.dtype and np.array_equal(np.isnan(x), np.isnan(y))
-            if x64 or not np.issubdtype(x.dtype, np.floating):
-                assert np.array_equal(x, y, equal_nan=True)
-            else:  # rounding: within 8 ulp of the largest value of the array
-                scale = np.nanmax(np.abs(y)) if np.any(np.isfinite(y)) else 0.0
-                np.testing.assert_allclose(x, y, rtol=0, atol=8 * np.finfo(x.dtype).eps * scale)
-
-
 def test_member_by_member_gives_each_member_the_bits_of_a_map_over_members():
     """``sl.engine.member_by_member`` (the ``member_layout="map"`` loop, writing each member
     into the carried state) computes every member as a ``lax.map`` over seeds and grid points

@@ -281,6 +281,20 @@ def test_sharded_over_four_devices_is_bitwise_single_device():
         bad = [v for v in one.data_vars
                if not np.array_equal(one[v].values, four[v].values, equal_nan=True)]
         assert not bad, bad
+        # streamed statistics of the step-0 record (computed by the init program) when a
+        # device holds only padding: 6 and 7 seeds in one default block, on 1 and 2 devices
+        tanh = sl.problems.mlp_regression((3, 8, 8, 1), activation="tanh", target="teacher",
+                                          teacher_sizes=(3, 4, 1), inputs="gaussian",
+                                          batch_size=5, reduction="half_mean", n_eval=64)
+        for seeds in (6, 7):
+            study = sl.Study(tanh, sl.Optimizer("momentum"),
+                             {"learning_rate": [0.05, 0.2], "momentum": 0.9,
+                              "noise_std": [0.0, 0.3]}, steps=20, seeds=seeds,
+                             observe=sl.Observe(("loss", "risk"), num=4))
+            one, two = (sl.run(study, progress=False, devices=d) for d in (1, 2))
+            bad = [v for v in one.data_vars
+                   if not np.array_equal(one[v].values, two[v].values, equal_nan=True)]
+            assert not bad, (seeds, bad)
         print("ok")
     """)
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="4")

@@ -40,16 +40,14 @@ def trace_count() -> int:
     return TRACE_COUNT
 
 
-ONCE_OPTIONS = {"xla_backend_optimization_level": 1}
-"""XLA options of a program that runs once per chunk (the init) on CPU: LLVM's cheaper
-optimization level takes 23-39% off its compile, and its run time does not matter."""
-
-
-def jit_flat(fn, once: bool = False, donate: tuple[int, ...] = ()):
+def jit_flat(fn, donate: tuple[int, ...] = ()):
     """``jax.jit(fn)`` whose compiled program returns the flat leaves of ``fn``'s output
-    (the wrapper rebuilds the tree). ``once``: the program runs once per chunk, so on CPU it
-    is compiled with :data:`ONCE_OPTIONS`. ``donate``: positions of arguments whose buffers the
+    (the wrapper rebuilds the tree). ``donate``: positions of arguments whose buffers the
     program may reuse for its outputs (the caller drops them: the segment's carry).
+
+    Every program is compiled at XLA's default options: the init compiled at LLVM's
+    cheaper level (tried, 2026-12-02) rounded its step-0 statistics differently on one and
+    on two devices (benchmarks/RESULTS.md).
 
     JAX's persistent cache keys a program by its StableHLO, which names every output by its
     pytree path (``jax.result_info``). Two studies whose programs compute the same thing
@@ -64,10 +62,7 @@ def jit_flat(fn, once: bool = False, donate: tuple[int, ...] = ()):
         return leaves
 
     flat.__name__ = flat.__qualname__ = fn.__name__  # the program's name in logs and caches
-    once = once and jax.default_backend() == "cpu"
-    # JAX takes compiler options on top-level calls only: trace ``fn`` itself for shapes
-    jitted = jax.jit(flat, compiler_options=ONCE_OPTIONS if once else None,
-                     donate_argnums=donate)
+    jitted = jax.jit(flat, donate_argnums=donate)
 
     def call(*args, **kw):
         leaves = jitted(*args, **kw)
@@ -115,7 +110,7 @@ class _Program:
         self.data_axis = None if problem.data.shared else 0
         self.record_steps = study.observe.steps_for(study.steps) if study.observe else None
         self.bound = float(study.divergence_bound)
-        self.init = jit_flat(self._init, once=True)
+        self.init = jit_flat(self._init)
         self.segment = jit_flat(self._segment, donate=(0,))
 
     def _use(self, problem: Problem):

@@ -101,7 +101,7 @@ def _shard(prog: _Program, devices: int):
     carry_spec = Carry(seeds, rec_specs, data_spec)
     # flat outputs, as on one device: equal computations share one cache entry
     init = jit_flat(jax.shard_map(prog._init, mesh=mesh, in_specs=(rep, seeds, seeds, rep, rep),
-                                  out_specs=carry_spec, check_vma=False), once=True)
+                                  out_specs=carry_spec, check_vma=False))
     segment = jit_flat(jax.shard_map(
         prog._segment, mesh=mesh, in_specs=(carry_spec, rep, rep, seeds, seeds, rep, rep, rep),
         out_specs=carry_spec, check_vma=False))
