@@ -275,12 +275,14 @@ def test_sharded_over_four_devices_is_bitwise_single_device():
                          block_seeds=4, observe=sl.Observe(("loss", "risk"), num=4),
                          stationary=sl.Stationary(("loss",), burn_in=20),
                          recorders=(RunningMax(),))
+        def differing(a, b):
+            return [v for v in a.data_vars
+                    if not np.array_equal(a[v].values, b[v].values, equal_nan=True)]
+
         one = sl.run(study, progress=False, devices=1)
         four = sl.run(study, progress=False, devices=4)
         assert "4 device(s)" in four.attrs["plan"]
-        bad = [v for v in one.data_vars
-               if not np.array_equal(one[v].values, four[v].values, equal_nan=True)]
-        assert not bad, bad
+        assert not differing(one, four), differing(one, four)
         # streamed statistics of the step-0 record (computed by the init program) when a
         # device holds only padding: 6 and 7 seeds in one default block, on 1 and 2 devices
         tanh = sl.problems.mlp_regression((3, 8, 8, 1), activation="tanh", target="teacher",
@@ -292,9 +294,7 @@ def test_sharded_over_four_devices_is_bitwise_single_device():
                               "noise_std": [0.0, 0.3]}, steps=20, seeds=seeds,
                              observe=sl.Observe(("loss", "risk"), num=4))
             one, two = (sl.run(study, progress=False, devices=d) for d in (1, 2))
-            bad = [v for v in one.data_vars
-                   if not np.array_equal(one[v].values, two[v].values, equal_nan=True)]
-            assert not bad, (seeds, bad)
+            assert not differing(one, two), (seeds, differing(one, two))
         print("ok")
     """)
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="4")

@@ -468,9 +468,19 @@ def member_by_member(fn, members, per_seed, per_point):
     return jax.lax.fori_loop(jnp.int32(0), jnp.int32(S * G), body, members)
 
 
+def remember(cache: dict, key, make, limit: int = 64):
+    """``cache[key]``, made by ``make()`` when missing; past ``limit`` entries the oldest
+    go. The engine's per-configuration caches of what a plan traces (a small study's run
+    would otherwise spend more time tracing than stepping)."""
+    if key not in cache:
+        cache[key] = make()
+        while len(cache) > limit:
+            cache.pop(next(iter(cache)))
+    return cache[key]
+
+
 _TILES: dict = {}
-""":func:`tile_steps` of recent configurations (it traces the problem's init and batch,
-which costs a small study's run more than its steps do)."""
+""":func:`tile_steps` of recent configurations (it traces the problem's init and batch)."""
 
 
 def tile_steps(study: Study) -> int:
@@ -478,11 +488,7 @@ def tile_steps(study: Study) -> int:
     with blocks): the longest block, 1 without any. A segment draws whole tiles, so
     segments of a multiple of it waste no random numbers (the default layout's)."""
     key = (study.problem.static_key(), "noise_std" in study.hparams, float_dtype())
-    if key not in _TILES:
-        _TILES[key] = _tile_steps(study)
-        while len(_TILES) > 64:
-            _TILES.pop(next(iter(_TILES)))
-    return _TILES[key]
+    return remember(_TILES, key, lambda: _tile_steps(study))
 
 
 def _tile_steps(study: Study) -> int:

@@ -12,7 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgdlab._validate import fail, positive_int
-from sgdlab.engine._compiled import _arrays, _Program, _static_key, jit_flat, tile_steps
+from sgdlab.engine._compiled import (
+    _arrays,
+    _Program,
+    _static_key,
+    jit_flat,
+    remember,
+    tile_steps,
+)
 from sgdlab.engine._state import Carry
 from sgdlab.engine._study import Study
 
@@ -188,12 +195,14 @@ initial state for it, which costs a small study more than running it)."""
 
 
 def _quick_bytes_per_seed(study: Study, segment: int) -> int:
-    """The quick estimate of a seed's bytes (see :func:`plan`), cached per configuration."""
+    """The quick estimate of a seed's bytes (see :func:`plan`), cached per configuration
+    (the static key holds a pytree problem's array shapes and dtypes)."""
+    return remember(_PER_SEED, _static_key(study, study.block, segment, 1),
+                    lambda: _bytes_per_seed(study, segment))
+
+
+def _bytes_per_seed(study: Study, segment: int) -> int:
     arrays = _arrays(study)
-    key = (_static_key(study, study.block, segment, 1),
-           tuple((x.shape, str(x.dtype)) for x in jax.tree_util.tree_leaves(arrays)))
-    if key in _PER_SEED:
-        return _PER_SEED[key]
     b = study.block
     probe = _Program(study, b, segment)
     hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
@@ -213,11 +222,7 @@ def _quick_bytes_per_seed(study: Study, segment: int) -> int:
         if "noise_std" in study.hparams:
             noise = _tree_bytes(carry.members.params) // max(b * study.n_grid, 1)
         per_seed += tile * (_tree_bytes(batch) + noise)
-    per_seed = int(per_seed)
-    _PER_SEED[key] = per_seed
-    while len(_PER_SEED) > 64:
-        _PER_SEED.pop(next(iter(_PER_SEED)))
-    return per_seed
+    return int(per_seed)
 
 
 def default_segment(study: Study) -> int:
