@@ -41,7 +41,8 @@ validation), ``_recorders`` (recorder configurations), ``_state`` (member state,
 keys), ``_compiled`` (the compiled program), ``_layout`` (plan, memory probe,
 sharding), ``_loop`` (the run loop, progress, stop requests, processes),
 ``_checkpoint``, ``_checks`` (friendly errors for user functions, before
-compiling), ``_cache`` (the persistent compilation cache). Provenance helpers
+compiling), ``_cache`` (the persistent compilation cache), ``_threefry`` (a CPU
+lowering of JAX's random-number hash that compiles faster, same bits). Provenance helpers
 live in :mod:`sgdlab.provenance`.
 """
 
@@ -82,10 +83,14 @@ from sgdlab.engine._state import (
     shared_key,
 )
 from sgdlab.engine._study import Study
+from sgdlab.engine._threefry import install_threefry_lowering, threefry2x32
+from sgdlab.engine._threefry import requested as _threefry_requested
 from sgdlab.provenance import config_diff, config_json, device_description, versions
 
 if _cache_requested() and jax.config.jax_enable_compilation_cache:
     compile_cache()  # on by default; JAX_ENABLE_COMPILATION_CACHE=false is respected
+if _threefry_requested():
+    install_threefry_lowering()  # same bits, half the compile (SGDLAB_THREEFRY=jax: JAX's own)
 
 
 def __getattr__(name: str):
@@ -97,6 +102,7 @@ def __getattr__(name: str):
 
 __all__ = ["Study", "Observe", "Stationary", "FirstPassage", "Plan", "StaticPlan", "MemberState",
            "Carry", "run", "plan", "trace_count", "compile_cache", "shared_key", "Checkpoint",
+           "install_threefry_lowering", "threefry2x32",
            "Interrupted", "request_stop", "clear_stop", "Progress", "config_diff", "config_json",
            "device_description", "versions", "default_memory_budget", "ObservableSpec",
            "UserFunctionError", "Recorder", "STREAM_VERSION", "noise_block", "tile_steps",

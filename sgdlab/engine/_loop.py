@@ -100,7 +100,7 @@ class _Pacer:
     def call(self, prog: _Program, carry, t0: int, k: int, *args):
         """Run ``k`` segments from step ``t0`` and wait for them; times the call."""
         t = time.perf_counter()
-        carry = prog.segment(carry, jnp.int32(t0), *args, n_segments=jnp.int32(k))
+        carry = prog.segment(carry, np.int32(t0), *args, n_segments=np.int32(k))
         jax.block_until_ready(carry.members.diverged_step)
         self.per_segment, self.last = (time.perf_counter() - t) / k, k
         return carry
@@ -169,7 +169,7 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
     prog = _program(study, p.chunk_seeds, p.segment_steps, p.devices)
     hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
     arrays = _arrays(study)
-    base_seed = jnp.uint32(study.seed)
+    base_seed = np.uint32(study.seed)
     chunks: list[dict] = []
     start_chunk, start_seg, carry0 = 0, 0, None
     if state is not None:
@@ -350,7 +350,7 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
     prog = _program(study, p.chunk_seeds, p.segment_steps, p.devices)
     hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
     arrays = _arrays(study)
-    base_seed = jnp.uint32(study.seed)
+    base_seed = np.uint32(study.seed)
     chash = hashlib.sha256(config_json(study).encode()).hexdigest()[:16]
     part_meta = {"config": chash, "stream": STREAM_VERSION}
     done = set(info.get("done", ()))

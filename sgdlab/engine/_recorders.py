@@ -104,6 +104,17 @@ def _cat(parts, get):
     return np.concatenate([get(p) for p in parts])
 
 
+def _put(x, v, i, axis=2):
+    """``x`` with index ``i`` along ``axis`` set to ``v`` (``i`` in range): an in-place
+    dynamic update, where ``x.at[..., i].set(v)`` is a scatter that XLA:CPU compiles
+    into several kernels per recorded quantity."""
+    return jax.lax.dynamic_update_index_in_dim(x, jnp.asarray(v, x.dtype), i, axis)
+
+
+def _add(x, v, i, axis=2):
+    """``x`` with ``v`` added at index ``i`` along ``axis`` (``i`` in range; see :func:`_put`)."""
+    return _put(x, jax.lax.dynamic_index_in_dim(x, i, axis, keepdims=False) + v, i, axis)
+
 
 @dataclass(frozen=True)
 class Observe:
@@ -162,7 +173,7 @@ class Observe:
         for name, fn in self._fns(ctx).items():
             v = ctx.evaluate(fn, members, hp, data, t)
             if self.members:
-                values[name] = values[name].at[:, :, state.ptr].set(v)
+                values[name] = _put(values[name], v, state.ptr)
             if self.stats:
                 vb = v.reshape((-1, b) + v.shape[1:])
                 extra = (1,) * (v.ndim - 2)
@@ -170,9 +181,9 @@ class Observe:
                 c = jnp.maximum(count, 1).reshape(count.shape + extra)
                 mean = jnp.sum(jnp.where(m, vb, 0), axis=1) / c
                 m2 = jnp.sum(jnp.where(m, (vb - mean[:, None]) ** 2, 0), axis=1)
-                means[name] = means[name].at[:, :, state.ptr].set(mean)
-                m2s[name] = m2s[name].at[:, :, state.ptr].set(m2)
-        new_count = state.count.at[:, :, state.ptr].set(count) if self.stats else state.count
+                means[name] = _put(means[name], mean, state.ptr)
+                m2s[name] = _put(m2s[name], m2, state.ptr)
+        new_count = _put(state.count, count, state.ptr) if self.stats else state.count
         return ObserveState(state.ptr + 1, values, new_count, means, m2s)
 
     def init(self, ctx, members, hp, data, valid):
@@ -288,9 +299,9 @@ class Stationary:
 
         def accumulate(s: StationaryState):
             b = (k // self.thin - 1) // batch_len
-            sums = {name: s.sums[name].at[:, :, b].add(ctx.evaluate(fn, members, hp, data, t))
+            sums = {name: _add(s.sums[name], ctx.evaluate(fn, members, hp, data, t), b)
                     for name, fn in self._fns(ctx).items()}
-            return StationaryState(sums, s.counts.at[b].add(1))
+            return StationaryState(sums, _add(s.counts, jnp.int32(1), b, axis=0))
         return jax.lax.cond(due, accumulate, lambda s: s, state)
 
     def spec(self, ctx, seeds, replicated):
