@@ -78,6 +78,9 @@ out = {
     "bits": jax.jit(lambda k: jax.random.bits(k, (1001,)))(keys[1]),
     "uniform": jax.jit(lambda k: jax.random.uniform(k, (257,)))(keys[2]),
 }
+with jax.enable_x64(True):  # 64-bit draws hash two counter words per number
+    out["normal64"] = jax.jit(lambda k: jax.random.normal(k, (33,), jnp.float64))(keys[3])
+    out["bits64"] = jax.jit(lambda k: jax.random.bits(k, (33,), jnp.uint64))(keys[4])
 problem = sl.problems.noisy_quadratic(curvature=1.0, noise_cov=1.0)
 study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": [0.1, 0.5],
                  "noise_std": [0.0, 0.3]}, steps=40, seeds=6, observe=sl.Observe(("loss",),

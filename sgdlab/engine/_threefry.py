@@ -24,8 +24,12 @@ import os
 
 import jax
 import jax.numpy as jnp
-from jax.extend.random import threefry2x32_p
 from jax.interpreters import mlir
+
+try:  # jax.extend.random exports the primitive; without it JAX's own lowering stays
+    from jax.extend.random import threefry2x32_p
+except ImportError:  # pragma: no cover
+    threefry2x32_p = None
 
 _ROTATIONS = ((13, 17), (15, 29), (26, 16), (6, 24))  # (even, odd) iteration, per round
 _PARITY = 0x1BD11BDA
@@ -73,7 +77,7 @@ def install_threefry_lowering() -> None:
     """Register :func:`threefry2x32` as the CPU lowering of JAX's Threefry primitive
     (idempotent; programs compiled before keep the lowering they were compiled with)."""
     global _INSTALLED
-    if not _INSTALLED:
+    if not _INSTALLED and threefry2x32_p is not None:
         mlir.register_lowering(threefry2x32_p,
                                mlir.lower_fun(threefry2x32, multiple_results=True),
                                platform="cpu")
