@@ -111,7 +111,7 @@ def _shard(prog: _Program, devices: int):
                                   out_specs=carry_spec, check_vma=False))
     segment = jit_flat(jax.shard_map(
         prog._segment, mesh=mesh, in_specs=(carry_spec, rep, rep, seeds, seeds, rep, rep, rep),
-        out_specs=carry_spec, check_vma=False))
+        out_specs=carry_spec, check_vma=False), donate=(0,))  # as on one device
 
     def put(tree, spec):
         sharding = jax.tree_util.tree_map(lambda p: jax.sharding.NamedSharding(mesh, p), spec,
