@@ -35,12 +35,6 @@ def numpy_threefry(k1, k2, x1, x2):
     return a, b
 
 
-def test_the_lowering_is_in_use_on_cpu():
-    assert jax.default_backend() == "cpu"
-    assert os.environ.get("SGDLAB_THREEFRY", "sgdlab") != "jax"
-    assert sl.engine._threefry._INSTALLED
-
-
 @pytest.mark.parametrize("key, count, out", KAT)
 def test_known_answers(key, count, out):
     k = jnp.asarray(key, jnp.uint32)
