@@ -167,7 +167,7 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
             devices = 1
     p = plan(study, chunk_size, memory_budget, devices)
     prog = _program(study, p.chunk_seeds, p.segment_steps, p.devices)
-    hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
+    hp = {k: np.asarray(v) for k, v in study.flat_hparams().items()}  # arguments: no eager op
     arrays = _arrays(study)
     base_seed = np.uint32(study.seed)
     chunks: list[dict] = []
@@ -202,7 +202,7 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
     for c in range(start_chunk, p.chunks if nproc == 1 else 0):
         idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
         valid = idx < study.seeds
-        seed_index, valid_j = jnp.asarray(idx, jnp.int32), jnp.asarray(valid)
+        seed_index, valid_j = idx.astype(np.int32), valid  # NumPy: no eager op per chunk
         if carry0 is not None and c == start_chunk:
             carry, first = carry0, start_seg
         else:
@@ -449,7 +449,7 @@ def _work_chunks(r: _ChunkRun, mine: list[int], carries: dict[int, int]):
     for c in mine:
         idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
         valid = idx < study.seeds
-        seed_index, valid_j = jnp.asarray(idx, jnp.int32), jnp.asarray(valid)
+        seed_index, valid_j = idx.astype(np.int32), valid  # NumPy: no eager op per chunk
         first = carries.get(c, 0)
         if first:
             if template is None:
