@@ -25,6 +25,22 @@ from sgdlab.engine._study import Study
 from sgdlab.provenance import config_diff, config_json
 
 
+def _inputs(study: Study) -> tuple[dict, Any, Any]:
+    """The inputs every chunk's programs share: ``(hp, arrays, base_seed)``.
+
+    The grid's hyperparameters and the base seed go as NumPy values (no eager device
+    op per run); the problem's own arrays stay device arrays, passed on every call.
+    """
+    hp = {k: np.asarray(v) for k, v in study.flat_hparams().items()}
+    return hp, _arrays(study), np.uint32(study.seed)
+
+
+def _seeds_of(c: int, chunk_seeds: int, seeds: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk ``c``'s global seed indices (int32) and which of them are real seeds, as NumPy."""
+    idx = np.arange(c * chunk_seeds, (c + 1) * chunk_seeds)
+    return idx.astype(np.int32), idx < seeds
+
+
 class Interrupted(Exception):
     """A run stopped at a segment boundary on request (SIGINT/SIGTERM); resumable."""
 
@@ -167,9 +183,7 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
             devices = 1
     p = plan(study, chunk_size, memory_budget, devices)
     prog = _program(study, p.chunk_seeds, p.segment_steps, p.devices)
-    hp = {k: np.asarray(v) for k, v in study.flat_hparams().items()}  # arguments: no eager op
-    arrays = _arrays(study)
-    base_seed = np.uint32(study.seed)
+    hp, arrays, base_seed = _inputs(study)
     chunks: list[dict] = []
     start_chunk, start_seg, carry0 = 0, 0, None
     if state is not None:
@@ -178,7 +192,7 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
         start_chunk, start_seg = meta["chunk"], meta["segment"]
         if leaves:
             template = jax.eval_shape(  # the raw init: its jitted form is top-level only
-                prog._init, hp, jnp.zeros(p.chunk_seeds, jnp.int32), jnp.ones(p.chunk_seeds, bool),
+                prog._init, hp, np.zeros(p.chunk_seeds, np.int32), np.ones(p.chunk_seeds, bool),
                 base_seed, arrays)
             carry0 = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
                                                   [jnp.asarray(x) for x in leaves])
@@ -200,16 +214,14 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
     if nproc > 1:
         chunks = _run_multiprocess(prog, p, hp, base_seed, bar, study.seeds, arrays)
     for c in range(start_chunk, p.chunks if nproc == 1 else 0):
-        idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
-        valid = idx < study.seeds
-        seed_index, valid_j = idx.astype(np.int32), valid  # NumPy: no eager op per chunk
+        seed_index, valid = _seeds_of(c, p.chunk_seeds, study.seeds)
         if carry0 is not None and c == start_chunk:
             carry, first = carry0, start_seg
         else:
-            carry, first = prog.init(hp, seed_index, valid_j, base_seed, arrays), 0
+            carry, first = prog.init(hp, seed_index, valid, base_seed, arrays), 0
         start = carry
         for carry, seg, k in pacer.calls(prog, start, first, p.segments, c * study.steps,
-                                         (hp, seed_index, valid_j, base_seed, arrays)):
+                                         (hp, seed_index, valid, base_seed, arrays)):
             bar.tick(k, f"chunk {c + 1}/{p.chunks}")
             last = seg + 1 == p.segments
             if _STOP["requested"]:
@@ -348,9 +360,7 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
     store = ChunkStore(ckpt.path)
     p, info = _start(study, ckpt, store, co, config, chunk_size, memory_budget, devices)
     prog = _program(study, p.chunk_seeds, p.segment_steps, p.devices)
-    hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
-    arrays = _arrays(study)
-    base_seed = np.uint32(study.seed)
+    hp, arrays, base_seed = _inputs(study)
     chash = hashlib.sha256(config_json(study).encode()).hexdigest()[:16]
     part_meta = {"config": chash, "stream": STREAM_VERSION}
     done = set(info.get("done", ()))
@@ -447,13 +457,11 @@ def _work_chunks(r: _ChunkRun, mine: list[int], carries: dict[int, int]):
     hp, arrays, base_seed = r.inputs
     template = None
     for c in mine:
-        idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
-        valid = idx < study.seeds
-        seed_index, valid_j = idx.astype(np.int32), valid  # NumPy: no eager op per chunk
+        seed_index, valid = _seeds_of(c, p.chunk_seeds, study.seeds)
         first = carries.get(c, 0)
         if first:
             if template is None:
-                template = jax.eval_shape(prog._init, hp, seed_index, valid_j, base_seed,
+                template = jax.eval_shape(prog._init, hp, seed_index, valid, base_seed,
                                           arrays)
             meta, leaves = r.store.read_carry(c)
             if meta.get("config") != r.part_meta["config"] or meta["segment"] != first:
@@ -462,10 +470,10 @@ def _work_chunks(r: _ChunkRun, mine: list[int], carries: dict[int, int]):
             carry = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
                                                  [jnp.asarray(x) for x in leaves])
         else:
-            carry = prog.init(hp, seed_index, valid_j, base_seed, arrays)
+            carry = prog.init(hp, seed_index, valid, base_seed, arrays)
         start = carry
         for carry, seg, k in r.pacer.calls(prog, start, first, p.segments, c * study.steps,
-                                           (hp, seed_index, valid_j, base_seed, arrays)):
+                                           (hp, seed_index, valid, base_seed, arrays)):
             r.bar.tick(k, f"chunk {c + 1}/{p.chunks}, process {co.pid + 1}/{co.nproc}")
             if seg + 1 == p.segments:
                 r.store.write_chunk(c, _collect(prog, carry, valid), r.part_meta)
@@ -533,8 +541,7 @@ def _run_multiprocess(prog: _Program, p: Plan, hp, base_seed, bar: Progress, see
     bar.total = -(-p.chunks // nproc) * p.segments
     for r in range(-(-p.chunks // nproc)):
         c = r * nproc + pid  # may be past the last chunk: then all its seeds are padding
-        idx = np.arange(c * p.chunk_seeds, (c + 1) * p.chunk_seeds)
-        seed_index, valid = jnp.asarray(idx, jnp.int32), jnp.asarray(idx < seeds)
+        seed_index, valid = _seeds_of(c, p.chunk_seeds, seeds)
         carry = prog.init(hp, seed_index, valid, base_seed, arrays)
         for done, _, k in pacer.calls(prog, carry, 0, p.segments, 0,
                                       (hp, seed_index, valid, base_seed, arrays)):
