@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgdlab import data as data_lib
+from sgdlab.engine._state import abstract_key
 from sgdlab.problems import Observation
 
 
@@ -122,7 +123,8 @@ def check_study(study, event_fn: Callable | None = None,
                 observables: Mapping[str, Callable] | None = None) -> Abstract:
     """Run every user function of ``study`` abstractly; raise a one-line error on misfit."""
     problem = study.problem
-    key = jax.random.key(0)
+    key = abstract_key()
+    int32 = jax.ShapeDtypeStruct((), jnp.int32)
     float_t = jnp.result_type(float)
     hp1 = {k: jax.ShapeDtypeStruct((), float_t) for k in study.hparams}
 
@@ -136,13 +138,13 @@ def check_study(study, event_fn: Callable | None = None,
     data = _abstract(problem.data.init, "problem.data.init",
                      "the data drawn once (a pytree of arrays, or None)", key)
     batch = _abstract(problem.data.batch, "problem.data.batch",
-                      "the step's minibatch (a pytree of arrays)", data, key, jnp.int32(1))
+                      "the step's minibatch (a pytree of arrays)", data, key, int32)
     if problem.data.block is not None:
         B = data_lib.block_steps(problem.data, data)
         want = f"the batches of {B} steps stacked on a leading axis ({_shapes(batch)} " \
             f"each, so {B} × those shapes)"
         rows = _abstract(lambda d, k, b: problem.data.block(d, k, b, B),
-                         "problem.data.block(data, key, b, B)", want, data, key, jnp.int32(0))
+                         "problem.data.block(data, key, b, B)", want, data, key, int32)
         same = jax.tree_util.tree_structure(rows) == jax.tree_util.tree_structure(batch) and \
             all(r.shape == (B,) + b.shape and r.dtype == b.dtype for r, b in zip(
                 jax.tree_util.tree_leaves(rows), jax.tree_util.tree_leaves(batch), strict=True))

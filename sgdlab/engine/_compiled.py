@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import math
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ from sgdlab.engine._state import (
     _max_abs,
     _norm,
     _select,
+    abstract_key,
     member_keys,
     noise_block,
     shared_key,
@@ -72,6 +74,24 @@ def jit_flat(fn, donate: tuple[int, ...] = ()):
     return call
 
 
+_CHECKED: collections.OrderedDict[int, tuple] = collections.OrderedDict()
+"""``id(study)`` -> (weak reference to it, float dtype, its checked shapes), the last 64."""
+
+
+def _checked(study: Study, event_fn, observables) -> _checks.Abstract:
+    """:func:`_checks.check_study`, once per study object and float dtype: a run builds a
+    probe program for its plan and then its own, and both check the same functions (the
+    event predicate and the observables are resolved from the study alone)."""
+    hit = _CHECKED.get(id(study))
+    if hit is not None and hit[0]() is study and hit[1] == float_dtype():
+        return hit[2]
+    out = _checks.check_study(study, event_fn, observables)
+    _CHECKED[id(study)] = (weakref.ref(study), float_dtype(), out)
+    while len(_CHECKED) > 64:
+        _CHECKED.popitem(last=False)
+    return out
+
+
 class _Program:
     """The compiled functions of one static configuration."""
 
@@ -92,7 +112,7 @@ class _Program:
         self.freeze_on_event = fp is not None and fp.freeze
         self.event_every = fp.every if fp is not None else 1
         checked = {**self.obs_fns, **self.stat_fns}
-        self.abstract = _checks.check_study(study, self.event_fn, checked)
+        self.abstract = _checked(study, self.event_fn, checked)
         self.event_shape = () if self.event_fn is None else tuple(self.abstract.event.shape)
         if fp is not None and fp.names is not None and \
                 (self.event_shape == () or len(fp.names) != self.event_shape[0]):
@@ -495,11 +515,11 @@ def _tile_steps(study: Study) -> int:
     problem = study.problem
     sizes = []
     if "noise_std" in study.hparams:
-        shapes = jax.eval_shape(problem.init, jax.random.key(0))
+        shapes = jax.eval_shape(problem.init, abstract_key())
         sizes.append(noise_block(sum(math.prod(x.shape)
                                      for x in jax.tree_util.tree_leaves(shapes))))
     if problem.data.block is not None:
-        data = jax.eval_shape(problem.data.init, jax.random.key(0))
+        data = jax.eval_shape(problem.data.init, abstract_key())
         sizes.append(data_lib.block_steps(problem.data, data))
     return max(sizes, default=1)
 
@@ -516,11 +536,24 @@ and crash inside the compiler.
 
 
 def _arrays(study: Study):
-    """The problem's arrays as program arguments (None for a closure problem)."""
+    """The problem's arrays as program arguments (None for a closure problem), on the
+    device once. ``jax.device_put`` gives each the dtype and weak type ``jnp.asarray``
+    would, without the small conversion program ``jnp.asarray`` compiles (a few ms per
+    shape and dtype in every new process)."""
     problem = study.problem
     if not problem.is_pytree:
         return None
-    return jax.tree_util.tree_map(jnp.asarray, problem.arrays)
+    return jax.tree_util.tree_map(jax.device_put, problem.arrays)
+
+
+def program_inputs(study: Study) -> tuple:
+    """The arguments every chunk's programs share: ``(hp, arrays, base_seed)``.
+
+    The grid's hyperparameters and the base seed are NumPy values (no eager device op
+    per run); the problem's own arrays are device arrays, passed on every call.
+    """
+    hp = {k: np.asarray(v) for k, v in study.flat_hparams().items()}
+    return hp, _arrays(study), np.uint32(study.seed)
 
 
 def _static_key(study: Study, chunk_seeds: int, segment_steps: int, devices: int) -> tuple:

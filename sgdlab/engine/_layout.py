@@ -8,19 +8,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sgdlab._validate import fail, positive_int
 from sgdlab.engine._compiled import (
-    _arrays,
     _Program,
     _static_key,
     jit_flat,
+    program_inputs,
     remember,
     tile_steps,
 )
-from sgdlab.engine._state import Carry
+from sgdlab.engine._state import Carry, abstract_key
 from sgdlab.engine._study import Study
 
 
@@ -174,13 +173,11 @@ def _probe(study: Study, segment: int) -> tuple[int, float, float]:
     probe chunk of two blocks (compile time hardly depends on the chunk size)."""
     b = study.block
     probe = _Program(study, 2 * b, segment)
-    hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
-    idx, valid = jnp.zeros(2 * b, jnp.int32), jnp.ones(2 * b, bool)
-    arrays = _arrays(study)
-    carry = jax.eval_shape(probe._init, hp, idx, valid, jnp.uint32(study.seed), arrays)
+    hp, arrays, base_seed = program_inputs(study)
+    idx, valid = np.zeros(2 * b, np.int32), np.ones(2 * b, bool)
+    carry = jax.eval_shape(probe._init, hp, idx, valid, base_seed, arrays)
     t0 = time.perf_counter()
-    lowered = probe.segment.lower(carry, jnp.int32(0), hp, idx, valid, jnp.uint32(study.seed),
-                                  arrays)
+    lowered = probe.segment.lower(carry, np.int32(0), hp, idx, valid, base_seed, arrays)
     t1 = time.perf_counter()
     m = lowered.compile().memory_analysis()
     t2 = time.perf_counter()
@@ -202,19 +199,18 @@ def _quick_bytes_per_seed(study: Study, segment: int) -> int:
 
 
 def _bytes_per_seed(study: Study, segment: int) -> int:
-    arrays = _arrays(study)
     b = study.block
     probe = _Program(study, b, segment)
-    hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
-    carry = jax.eval_shape(probe._init, hp, jnp.zeros(b, jnp.int32), jnp.ones(b, bool),
-                           jnp.uint32(study.seed), arrays)
+    hp, arrays, base_seed = program_inputs(study)
+    carry = jax.eval_shape(probe._init, hp, np.zeros(b, np.int32), np.ones(b, bool), base_seed,
+                           arrays)
     per_seed = (3 * _tree_bytes(carry.members) + _tree_bytes(carry.records)) / b
     shared = study.problem.data.shared
     per_seed += _tree_bytes(carry.data) / (1 if shared else b)  # shared data broadcast per seed
     data_one = carry.data if shared else jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), carry.data)
-    batch = jax.eval_shape(lambda d: study.problem.data.batch(d, jax.random.key(0), jnp.int32(1)),
-                           data_one)
+    batch = jax.eval_shape(study.problem.data.batch, data_one, abstract_key(),
+                           jax.ShapeDtypeStruct((), np.int32))
     per_seed += 4 * _tree_bytes(batch) * study.n_grid
     tile = tile_steps(study)  # a tile's blocks of batches and of gradient noise, per seed
     if tile > 1:

@@ -14,25 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sgdlab._gc import frozen_during
 from sgdlab._progress import Progress
 from sgdlab._validate import fail
 from sgdlab.engine._checkpoint import Checkpoint, ChunkStore
-from sgdlab.engine._compiled import _arrays, _Program, _program
+from sgdlab.engine._compiled import _Program, _program, program_inputs
 from sgdlab.engine._distributed import Coordination
 from sgdlab.engine._layout import Plan, plan
 from sgdlab.engine._state import STREAM_VERSION, Carry
 from sgdlab.engine._study import Study
 from sgdlab.provenance import config_diff, config_json
-
-
-def _inputs(study: Study) -> tuple[dict, Any, Any]:
-    """The inputs every chunk's programs share: ``(hp, arrays, base_seed)``.
-
-    The grid's hyperparameters and the base seed go as NumPy values (no eager device
-    op per run); the problem's own arrays stay device arrays, passed on every call.
-    """
-    hp = {k: np.asarray(v) for k, v in study.flat_hparams().items()}
-    return hp, _arrays(study), np.uint32(study.seed)
 
 
 def _seeds_of(c: int, chunk_seeds: int, seeds: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +113,7 @@ class _Pacer:
         return carry
 
 
+@frozen_during
 def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
         memory_budget: int | None = None, devices: int | None = None,
         checkpoint: str | os.PathLike | Checkpoint | None = None, label: str = "sgdlab"):
@@ -183,7 +175,7 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
             devices = 1
     p = plan(study, chunk_size, memory_budget, devices)
     prog = _program(study, p.chunk_seeds, p.segment_steps, p.devices)
-    hp, arrays, base_seed = _inputs(study)
+    hp, arrays, base_seed = program_inputs(study)
     chunks: list[dict] = []
     start_chunk, start_seg, carry0 = 0, 0, None
     if state is not None:
@@ -360,7 +352,7 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
     store = ChunkStore(ckpt.path)
     p, info = _start(study, ckpt, store, co, config, chunk_size, memory_budget, devices)
     prog = _program(study, p.chunk_seeds, p.segment_steps, p.devices)
-    hp, arrays, base_seed = _inputs(study)
+    hp, arrays, base_seed = program_inputs(study)
     chash = hashlib.sha256(config_json(study).encode()).hexdigest()[:16]
     part_meta = {"config": chash, "stream": STREAM_VERSION}
     done = set(info.get("done", ()))

@@ -14,7 +14,7 @@ import numpy as np
 
 from sgdlab._validate import fail, finite_float, positive_int
 from sgdlab.engine._recorders import FirstPassage, ObservableSpec, Observe, Stationary
-from sgdlab.engine._state import STREAM_VERSION, _norm
+from sgdlab.engine._state import STREAM_VERSION, _norm, abstract_key
 from sgdlab.optim import RANGES, Optimizer
 from sgdlab.problems import Observation, Problem
 
@@ -226,7 +226,7 @@ class Study:
         if "_auto_layout" not in self.__dict__:  # decided once per study (it traces init)
             try:
                 leaves = jax.tree_util.tree_leaves(
-                    jax.eval_shape(self.problem.init, jax.random.key(0)))
+                    jax.eval_shape(self.problem.init, abstract_key()))
                 size = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in leaves)
             except Exception:  # a broken init: the study's checks name the mistake at run time
                 size = 0
