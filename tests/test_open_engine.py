@@ -424,6 +424,37 @@ def test_second_run_in_a_fresh_process_reads_the_compiled_program_from_the_cache
     assert run(SGDLAB_COMPILE_CACHE="0")[1] == 0
 
 
+def test_a_run_compiles_its_two_programs_and_nothing_else(tmp_path):
+    """In a fresh process ``sl.run`` compiles the study's init and segment programs and no
+    small conversion program around them (each costs a few ms of every rerun, cache or
+    not), and it leaves Python's collector as it found it: nothing frozen after the run,
+    and a caller's own ``gc.freeze()`` kept."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import gc, jax, numpy as np, sgdlab as sl\n"
+        "names = []\n"
+        "pb = sl.problems.linear_regression(np.diag([1.0, 0.5]), 0.5, 4)\n"
+        "st = sl.Study(pb, sl.Optimizer('momentum'), {'learning_rate': [0.1, 0.2],\n"
+        "              'momentum': 0.5}, steps=20, seeds=3, observe=sl.Observe(('loss',), num=4))\n"
+        "jax.monitoring.register_event_duration_secs_listener(\n"
+        "    lambda e, s, fun_name='?', **k: names.append(fun_name)\n"
+        "    if e == '/jax/core/compile/backend_compile_duration' else None)\n"
+        "frozen = []\n"
+        "sl.run(st, progress=False)\n"
+        "frozen.append(gc.get_freeze_count())\n"
+        "gc.freeze(); n = gc.get_freeze_count()\n"
+        "sl.run(st, progress=False)\n"
+        "frozen.append(gc.get_freeze_count() - n)\n"
+        "print(sorted(names), frozen)\n")
+    o = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "SGDLAB_COMPILE_CACHE": str(tmp_path)})
+    assert o.returncode == 0, o.stderr[-2000:]
+    assert o.stdout.strip().splitlines()[-1] == "['jit(_init)', 'jit(_segment)'] [0, 0]"
+
+
 def test_programs_that_differ_only_in_how_their_state_nests_compile_once(tmp_path):
     """A preconditioned optimizer nests its state one level deeper; its init program
     computes what plain SGD's does, so the cache holds one init program for both studies
