@@ -20,7 +20,13 @@ KAT = [((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4
 
 
 def numpy_threefry(k1, k2, x1, x2):
-    """The hash written out round by round from the specification, in NumPy."""
+    """The hash written out round by round from the specification, in NumPy (uint32
+    arithmetic wraps around by design: NumPy's overflow warning for scalars is off)."""
+    with np.errstate(over="ignore"):
+        return _numpy_threefry(k1, k2, x1, x2)
+
+
+def _numpy_threefry(k1, k2, x1, x2):
     k1, k2, x1, x2 = (np.asarray(v, np.uint32) for v in (k1, k2, x1, x2))
     ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
     rot = (13, 15, 26, 6, 17, 29, 16, 24)

@@ -9,13 +9,14 @@ program and 1.1 s of its 2.2 s segment (measured by swapping in a trivial hash;
 benchmarks/RESULTS.md).
 
 The lowering here computes the same function, so every random number keeps its bits:
-the loop carries only the two state words, and each iteration picks its rotation
-amounts and key words with selects on the iteration number, so its body is one
-elementwise kernel. It is registered for the CPU platform when :mod:`sgdlab.engine` is
-imported (``SGDLAB_THREEFRY=jax`` keeps JAX's own); other platforms keep theirs.
-Registration is process-wide: it changes how every later ``jax.random`` program on the
-CPU is compiled, never what it computes (``tests/test_threefry.py`` checks the
-published test vectors, an independent NumPy hash, and JAX's own lowering).
+the loop carries only the two state words (packed in one 64-bit word), and each
+iteration picks its rotation amounts and key words with selects on the iteration
+number, so its body is one elementwise kernel, updated in place. It is registered for
+the CPU platform when :mod:`sgdlab.engine` is imported (``SGDLAB_THREEFRY=jax`` keeps
+JAX's own); other platforms keep theirs. Registration is process-wide: it changes how
+every later ``jax.random`` program on the CPU is compiled, never what it computes
+(``tests/test_threefry.py`` checks the published test vectors, an independent NumPy
+hash, and JAX's own lowering).
 """
 
 from __future__ import annotations
@@ -42,27 +43,40 @@ def _rotate_left(x, d):
 def threefry2x32(k1, k2, x1, x2):
     """Threefry-2x32 with 20 rounds (Salmon et al. 2011): ``(k1, k2)`` the key words,
     ``(x1, x2)`` the counter words (uint32, broadcast together); returns the two output
-    words. Iteration ``i`` of the loop is four rounds followed by key injection ``i + 1``."""
-    u = jnp.uint32
+    words. Iteration ``i`` of the loop is four rounds followed by key injection ``i + 1``.
+
+    The loop carries both words packed in one uint64 (low word first), so its body reads
+    and writes one element per element: one kernel that XLA updates in place. Stacked as
+    a ``[2, ...]`` array (the version before), each element of the result read two
+    elements of the carry, and XLA copied the carry every iteration (W1: 11% less XLA
+    time packed, benchmarks/RESULTS.md). The 64-bit type is enabled inside the lowering
+    alone; the words are 32-bit arithmetic either way.
+    """
+    u, w = jnp.uint32, jnp.uint64
     shape = jnp.broadcast_shapes(*(jnp.shape(v) for v in (k1, k2, x1, x2)))
-    k3 = k1 ^ k2 ^ u(_PARITY)
-    # both words in one array: the loop body is then one kernel, not one per word
-    y = jnp.stack([jnp.broadcast_to(x1 + k1, shape), jnp.broadcast_to(x2 + k2, shape)])
+    with jax.enable_x64(True):
+        def pack(a, b):
+            return a.astype(w) | (b.astype(w) << w(32))
 
-    def four_rounds(i, y):
-        a, b = y[0], y[1]
-        odd = (i & 1) == 1  # bit operations and compares: no integer division to fuse
-        for r_even, r_odd in _ROTATIONS:
-            a = a + b
-            b = a ^ _rotate_left(b, jnp.where(odd, u(r_odd), u(r_even)))
-        n = i + 1  # key injection n adds words (j, j + 1) of (k1, k2, k3), j = n mod 3
-        j = n - jnp.where(n >= 3, 3, 0)
-        ka = jnp.where(j == 0, k1, jnp.where(j == 1, k2, k3))
-        kb = jnp.where(j == 0, k2, jnp.where(j == 1, k3, k1))
-        return jnp.stack([a + ka, b + kb + n.astype(u)])
+        def unpack(y):
+            return y.astype(u), (y >> w(32)).astype(u)
 
-    y = jax.lax.fori_loop(0, 5, four_rounds, y)
-    return y[0], y[1]
+        k3 = k1 ^ k2 ^ u(_PARITY)
+        y = pack(jnp.broadcast_to(x1 + k1, shape), jnp.broadcast_to(x2 + k2, shape))
+
+        def four_rounds(i, y):
+            a, b = unpack(y)
+            odd = (i & 1) == 1  # bit operations and compares: no integer division to fuse
+            for r_even, r_odd in _ROTATIONS:
+                a = a + b
+                b = a ^ _rotate_left(b, jnp.where(odd, u(r_odd), u(r_even)))
+            n = i + 1  # key injection n adds words (j, j + 1) of (k1, k2, k3), j = n mod 3
+            j = n - jnp.where(n >= 3, 3, 0)
+            ka = jnp.where(j == 0, k1, jnp.where(j == 1, k2, k3))
+            kb = jnp.where(j == 0, k2, jnp.where(j == 1, k3, k1))
+            return pack(a + ka, b + kb + n.astype(u))
+
+        return unpack(jax.lax.fori_loop(jnp.int32(0), jnp.int32(5), four_rounds, y))
 
 
 _INSTALLED = False
