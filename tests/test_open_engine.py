@@ -614,3 +614,26 @@ def test_user_recorder_works_and_is_bitwise_invariant_to_chunking():
                                                    "type": "RunningMax"}]
     with pytest.raises(ValueError, match="^recorders"):
         study(recorders=(object(),))
+
+
+def test_functions_that_read_the_loss_or_gradient_norm_see_every_steps_value():
+    """The engine updates the member state's loss and gradient norm only when a recorded
+    function reads them (found from its traced program): a function of ``o.loss`` or
+    ``o.grad_norm`` records what the built-in observables record, step by step, and an
+    observable that reads neither leaves the parameters' trajectory bitwise as it was."""
+    pb = sl.problems.linear_regression(np.diag([1.0, 0.5]), 0.5, 4)
+
+    def study(observables):
+        return sl.Study(pb, sl.Optimizer("momentum"), {"learning_rate": [0.1, 0.2],
+                        "momentum": 0.5}, steps=30, seeds=3,
+                        observe=sl.Observe(observables, num=5, stats=False))
+
+    mine = sl.run(study((("half_loss", lambda o: 0.5 * o.loss),
+                         ("gnorm", lambda o: o.grad_norm + 0.0))), progress=False)
+    builtin = sl.run(study(("loss", "grad_norm")), progress=False)
+    assert np.array_equal(mine["half_loss"].values, 0.5 * builtin["loss"].values)
+    assert np.array_equal(mine["gnorm"].values, builtin["grad_norm"].values)
+    assert np.unique(builtin["loss"].values[0, 0]).size == 5  # it moves from record to record
+    w_only = sl.run(study(("param_norm",)), progress=False)
+    with_loss = sl.run(study(("param_norm", "loss")), progress=False)
+    assert np.array_equal(w_only["param_norm"].values, with_loss["param_norm"].values)

@@ -74,6 +74,23 @@ def jit_flat(fn, donate: tuple[int, ...] = ()):
     return call
 
 
+def _abstract_observation(a: _checks.Abstract, study: Study) -> Observation:
+    """One member's :class:`Observation` as shapes, from the checked study."""
+    hp = {k: jax.ShapeDtypeStruct((), a.loss.dtype) for k in study.hparams}
+    return Observation(a.params, a.opt_state, a.loss, a.loss, a.params,
+                       jax.ShapeDtypeStruct((), jnp.int32), hp, a.data)
+
+
+def _reads(fn, obs: Observation, field: str) -> bool:
+    """Whether ``fn(obs)`` may depend on ``obs.<field>``: the field is an input of some
+    operation of ``fn``'s traced program (one that is then unused counts too)."""
+    closed = jax.make_jaxpr(lambda x, o: fn(o._replace(**{field: x})))(getattr(obs, field), obs)
+    jaxpr = closed.jaxpr
+    x = jaxpr.invars[0]
+    return any(v is x for v in jaxpr.outvars) or any(
+        v is x for e in jaxpr.eqns for v in e.invars)
+
+
 _CHECKED: collections.OrderedDict[int, tuple] = collections.OrderedDict()
 """``id(study)`` -> (weak reference to it, float dtype, its checked shapes), the last 64."""
 
@@ -118,13 +135,14 @@ class _Program:
                 (self.event_shape == () or len(fp.names) != self.event_shape[0]):
             fail("first_passage.names", fp.names, f"expected one name per event; the predicate "
                  f"returns shape {self.event_shape}")
-        # the gradient norm costs a reduction per member-step: only when something reads it
-        # (a user function might, so it is tracked whenever one is recorded)
-        specs = list(study.observe.observables if study.observe else ()) + \
-            list(study.stationary.observables if study.stationary else ())
-        self.track_grad_norm = any(not isinstance(sp, str) or sp == "grad_norm"
-                                   for sp in specs) or (fp is not None
-                                                        and not isinstance(fp.predicate, str))
+        # the step's loss and gradient norm cost an output per member-step (the norm a
+        # reduction too): kept in the member state only when a recorded function reads
+        # them, or a user recorder is given (it sees the member state itself)
+        readers = list(checked.values()) + ([self.event_fn] if self.event_fn else [])
+        obs = _abstract_observation(self.abstract, study)
+        custom = bool(study.recorders)
+        self.track_grad_norm = custom or any(_reads(f, obs, "grad_norm") for f in readers)
+        self.track_loss = custom or any(_reads(f, obs, "loss") for f in readers)
         self.noise = "noise_std" in study.hparams
         self.member_map = study.resolved_member_layout() == "map"
         self.data_axis = None if problem.data.shared else 0
@@ -212,7 +230,7 @@ class _Program:
         new = ms._replace(
             params=_select(keep, params, ms.params),
             opt_state=_select(keep, opt_state, ms.opt_state),
-            loss=jnp.where(keep, loss, ms.loss),
+            loss=jnp.where(keep, loss, ms.loss) if self.track_loss else ms.loss,
             grad_norm=jnp.where(keep, _norm(grads), ms.grad_norm) if self.track_grad_norm
             else ms.grad_norm,
             diverged_step=jnp.where(alive & ~ok, t, ms.diverged_step),

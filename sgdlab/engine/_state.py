@@ -11,12 +11,17 @@ from sgdlab import data as data_lib
 
 
 class MemberState(NamedTuple):
-    """One member's state (leading axes ``[seed, grid]`` inside the engine)."""
+    """One member's state (leading axes ``[seed, grid]`` inside the engine).
+
+    (*) Updated every step only when something may read it: a recorded observable or
+    first-passage predicate whose traced program takes it as an input, or a user recorder
+    (it sees this state). Otherwise it keeps its step-0 value.
+    """
 
     params: Any
     opt_state: Any
-    loss: jnp.ndarray           # float, the last step's minibatch loss
-    grad_norm: jnp.ndarray      # float, the last step's gradient norm
+    loss: jnp.ndarray           # float, the last step's minibatch loss (*)
+    grad_norm: jnp.ndarray      # float, the last step's gradient norm (*)
     params0: Any                # initial params, or None
     diverged_step: jnp.ndarray  # int32, -1 while alive
     event_step: jnp.ndarray     # int32, -1 until the first-passage event
