@@ -224,6 +224,29 @@ def test_stationary_variance_matches_exact_formula():
     assert abs(est - 1.9 / 2) > 100 * se
 
 
+def test_stationary_batch_means_are_sequential_sums_of_the_recorded_steps():
+    """Each member's batch means are the sums, in step order, of w² at the recorded steps
+    (every ``thin``-th after ``burn_in``, in ``n_batches`` batches, the last one shorter),
+    divided by their counts: recomputed in NumPy from every step's w, in float64, to the
+    rounding of a 10-term sum (XLA may fuse w·w + sum into one multiply-add: 1 ulp). The
+    engine keeps the open batch's running sum apart and writes it at the batch's last step,
+    so a batch closed one step early or late (a 10% change), or a sum not restarted, shows
+    here."""
+    with jax.enable_x64(True):
+        st = sl.Study(sl.problems.noisy_quadratic(1.0, 1.0), sl.Optimizer("sgd"),
+                      {"learning_rate": [0.3, 0.9]}, steps=61, seeds=3,
+                      observe=sl.Observe(("w",), at=tuple(range(62)), stats=False),
+                      stationary=sl.Stationary(("w2",), burn_in=5, n_batches=3, thin=2))
+        ds = sl.run(st, progress=False)
+    w = ds["w"].values[..., 0]                                      # [lr, seed, step]
+    recorded = np.arange(5 + 2, 62, 2)                              # 28 steps: batches 10, 10, 8
+    want = np.zeros(w.shape[:2] + (3,))
+    for i, t in enumerate(recorded):
+        want[:, :, i // 10] = want[:, :, i // 10] + w[:, :, t] * w[:, :, t]
+    want /= np.array([10.0, 10.0, 8.0])
+    np.testing.assert_allclose(ds["stationary_w2"].values[..., 0], want, rtol=1e-14, atol=0)
+
+
 def test_divergent_grid_point_is_flagged_frozen_and_isolated():
     lrs = [0.1, 1.0, 1.9, 2.5]
     ds = sl.run(quadratic_study(lrs, seeds=64, steps=2000), progress=False)

@@ -228,7 +228,12 @@ def test_engine_checkpoint_resume_in_process(tmp_path, pace):
         sl.run(study.with_hparams(momentum=0.4), progress=False, checkpoint=ckpt)
 
 
-def test_checkpoint_of_another_random_stream_version_is_refused(tmp_path):
+@pytest.mark.parametrize("key, message", [("stream", "random-stream version"),
+                                          ("layout", "carried state stored in another layout")])
+def test_checkpoint_of_another_random_stream_version_or_layout_is_refused(tmp_path, key,
+                                                                          message):
+    """A checkpoint of another stream version would mix two streams; one of another
+    layout (version 2: no running sum of Stationary's open batch) would not load."""
     problem = sl.problems.noisy_quadratic(1.0, 1.0)
     study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": [0.5]}, steps=100,
                      seeds=8, segment_steps=10)
@@ -237,11 +242,11 @@ def test_checkpoint_of_another_random_stream_version_is_refused(tmp_path):
     with np.load(ckpt.path) as z:
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(str(arrays["meta"]))
-    meta["stream"] = sl.engine.STREAM_VERSION + 1
+    meta[key] = meta[key] + 1 if key == "stream" else meta[key] - 1
     arrays["meta"] = np.asarray(json.dumps(meta))
     with open(ckpt.path, "wb") as f:
         np.savez(f, **arrays)
-    with pytest.raises(ValueError, match="^checkpoint=.*random-stream version") as e:
+    with pytest.raises(ValueError, match=f"^checkpoint=.*{message}") as e:
         sl.run(study, progress=False, checkpoint=ckpt)
     assert "\n" not in str(e.value)
 

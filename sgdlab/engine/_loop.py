@@ -49,8 +49,9 @@ def clear_stop() -> None:
     _STOP["requested"] = False
 
 
-CHECKPOINT_LAYOUT = 2
-"""How finished chunks are stored in a checkpoint (2: one part per recorder, by name)."""
+CHECKPOINT_LAYOUT = 3
+"""How finished chunks and the carried state are stored in a checkpoint (2: one part per
+recorder, by name; 3: ``Stationary`` also carries the running sum of its open batch)."""
 
 PACE_S = 1.0
 """Wall time one call of the segment program aims at (see :class:`_Pacer`)."""
@@ -164,8 +165,8 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
                  f"this sgdlab draws version {STREAM_VERSION}, so a resumed run would mix two "
                  "streams; use another output or --force")
         if meta.get("layout", 1) != CHECKPOINT_LAYOUT:
-            fail("checkpoint", ckpt.path, "it was written by an older sgdlab (results of finished "
-                 "chunks stored in another layout); use another output or --force")
+            fail("checkpoint", ckpt.path, "it was written by another sgdlab (finished chunks or "
+                 "the carried state stored in another layout); use another output or --force")
         diff = config_diff(meta["config"], config)
         if diff:
             fail("checkpoint", ckpt.path, "it belongs to a different configuration ("
@@ -239,8 +240,9 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
     return ds
 
 
-CHUNKED_LAYOUT = 1
-"""Version of the chunk-level checkpoints of multi-process runs (:class:`ChunkStore`)."""
+CHUNKED_LAYOUT = 2
+"""Version of the chunk-level checkpoints of multi-process runs (:class:`ChunkStore`; 2: the
+carried state of ``Stationary`` holds the running sum of its open batch)."""
 
 
 def _chunked_checkpoint(ckpt: Checkpoint) -> bool:

@@ -73,8 +73,9 @@ class ObserveState(NamedTuple):
 
 
 class StationaryState(NamedTuple):
-    sums: dict                  # name -> [S, G, B, ...]
+    sums: dict                  # name -> [S, G, B, ...]: the closed batches' sums
     counts: jnp.ndarray         # [B] steps summed into each batch
+    open: dict                  # name -> [S, G, ...]: the running sum of the batch being filled
 
 
 def merge_stats(acc, new):
@@ -289,23 +290,37 @@ class Stationary:
         for name, fn in self._fns(ctx).items():
             v = ctx.evaluate(fn, members, hp, data, jnp.int32(0))  # shape only; DCE'd
             sums[name] = jnp.zeros((s, g, n_batches) + v.shape[2:], v.dtype)
-        return StationaryState(sums, jnp.zeros((n_batches,), jnp.int32))
+        opened = {name: x[:, :, 0] for name, x in sums.items()}
+        return StationaryState(sums, jnp.zeros((n_batches,), jnp.int32), opened)
 
     def update(self, ctx, state, members, hp, data, valid, t):
+        """Add the step's values to the open batch's running sum (contiguous in memory);
+        its last step writes the sum into the batch's slot. The additions are those of
+        summing into the slot itself, in the same order, so the sums are the same bits;
+        the slot is strided (batches last) and was read and written every step before."""
         steps = ctx.study.steps
         batch_len = self.batches(steps)[0]
+        n_rec = (steps - self.burn_in) // self.thin
         k = t - self.burn_in
         due = (k > 0) & (t <= steps) & ((k % self.thin) == 0)
 
         def accumulate(s: StationaryState):
-            b = (k // self.thin - 1) // batch_len
-            sums = {name: _add(s.sums[name], ctx.evaluate(fn, members, hp, data, t), b)
-                    for name, fn in self._fns(ctx).items()}
-            return StationaryState(sums, _add(s.counts, jnp.int32(1), b, axis=0))
+            j = k // self.thin  # this step's place among the recorded ones, from 1
+            b = (j - 1) // batch_len
+            opened = {name: s.open[name] + ctx.evaluate(fn, members, hp, data, t)
+                      for name, fn in self._fns(ctx).items()}
+
+            def close(x):
+                sums, opened = x
+                return ({n: _put(sums[n], opened[n], b) for n in sums},
+                        {n: jnp.zeros_like(v) for n, v in opened.items()})
+            sums, opened = jax.lax.cond((j % batch_len == 0) | (j == n_rec), close,
+                                        lambda x: x, (s.sums, opened))
+            return StationaryState(sums, _add(s.counts, jnp.int32(1), b, axis=0), opened)
         return jax.lax.cond(due, accumulate, lambda s: s, state)
 
     def spec(self, ctx, seeds, replicated):
-        return StationaryState(seeds, replicated)
+        return StationaryState(seeds, replicated, seeds)
 
     def collect(self, ctx, state, members, valid):
         counts = np.asarray(state.counts).astype(np.float64)
