@@ -634,6 +634,9 @@ def test_functions_that_read_the_loss_or_gradient_norm_see_every_steps_value():
     assert np.array_equal(mine["half_loss"].values, 0.5 * builtin["loss"].values)
     assert np.array_equal(mine["gnorm"].values, builtin["grad_norm"].values)
     assert np.unique(builtin["loss"].values[0, 0]).size == 5  # it moves from record to record
+    assert builtin["loss"].dims[-1] == "step"  # and at step 0 (the init program) it is there
+    assert np.all(builtin["loss"].values[..., 0] > 0) and np.all(
+        builtin["grad_norm"].values[..., 0] > 0)
     w_only = sl.run(study(("param_norm",)), progress=False)
     with_loss = sl.run(study(("param_norm", "loss")), progress=False)
     assert np.array_equal(w_only["param_norm"].values, with_loss["param_norm"].values)

@@ -143,6 +143,7 @@ class _Program:
         custom = bool(study.recorders)
         self.track_grad_norm = custom or any(_reads(f, obs, "grad_norm") for f in readers)
         self.track_loss = custom or any(_reads(f, obs, "loss") for f in readers)
+        self.norm_dtype = jnp.result_type(*jax.tree_util.tree_leaves(self.abstract.params))
         self.noise = "noise_std" in study.hparams
         self.member_map = study.resolved_member_layout() == "map"
         self.data_axis = None if problem.data.shared else 0
@@ -320,8 +321,13 @@ class _Program:
             batch = problem.data.batch(d, dk, jnp.int32(0))
 
             def per_member(h):
-                loss, grads = jax.value_and_grad(problem.loss)(p, batch, h)
-                return (p, study.optimizer.build(h).init(p), loss, _norm(grads))
+                opt_state = study.optimizer.build(h).init(p)
+                if self.track_grad_norm:  # the backward pass only when its norm is read
+                    loss, grads = jax.value_and_grad(problem.loss)(p, batch, h)
+                    return (p, opt_state, loss, _norm(grads))
+                zero = jnp.zeros((), self.abstract.loss.dtype)
+                loss = problem.loss(p, batch, h) if self.track_loss else zero
+                return (p, opt_state, loss, jnp.zeros((), self.norm_dtype))
             return jax.vmap(per_member)(hp)
 
         # a barrier between drawing and using: without it XLA fuses the draws of the

@@ -13,9 +13,9 @@ from sgdlab import data as data_lib
 class MemberState(NamedTuple):
     """One member's state (leading axes ``[seed, grid]`` inside the engine).
 
-    (*) Updated every step only when something may read it: a recorded observable or
-    first-passage predicate whose traced program takes it as an input, or a user recorder
-    (it sees this state). Otherwise it keeps its step-0 value.
+    (*) Computed (at step 0 and every step) only when something may read it: a recorded
+    observable or first-passage predicate whose traced program takes it as an input, or a
+    user recorder (it sees this state). Otherwise it holds 0.
     """
 
     params: Any

@@ -28,9 +28,8 @@ class Observation(NamedTuple):
         loss of the step-0 batch at the initial parameters). It is not the loss at
         ``params``; use ``risk`` or your own function of ``params`` for that.
       grad_norm: that step's gradient norm (injected noise included). The engine
-        updates ``loss`` and ``grad_norm`` in a run only when a recorded observable or
-        predicate reads them (or a user recorder is given); unread, they keep their
-        step-0 values.
+        computes ``loss`` and ``grad_norm`` in a run only when a recorded observable or
+        predicate reads them (or a user recorder is given); unread, they hold 0.
       params0: initial parameters (None unless an observable needs them).
       step: number of updates done (int32 scalar).
       hp: this member's hyperparameters, optimizer and problem ones (traced scalars).
