@@ -83,9 +83,14 @@ def _abstract_observation(a: _checks.Abstract, study: Study) -> Observation:
 
 def _reads(fn, obs: Observation, field: str) -> bool:
     """Whether ``fn(obs)`` may depend on ``obs.<field>``: the field is an input of some
-    operation of ``fn``'s traced program (one that is then unused counts too)."""
-    closed = jax.make_jaxpr(lambda x, o: fn(o._replace(**{field: x})))(getattr(obs, field), obs)
-    jaxpr = closed.jaxpr
+    operation of ``fn``'s traced program (one that is then unused counts too). A function
+    that cannot be traced alone (it passed the checks under ``eval_shape``) counts as a
+    reader."""
+    try:
+        jaxpr = jax.make_jaxpr(lambda x, o: fn(o._replace(**{field: x})))(
+            getattr(obs, field), obs).jaxpr
+    except Exception:  # noqa: BLE001 - keep the value; the run reports real errors
+        return True
     x = jaxpr.invars[0]
     return any(v is x for v in jaxpr.outvars) or any(
         v is x for e in jaxpr.eqns for v in e.invars)
