@@ -25,8 +25,9 @@ import os
 # loader log a spurious multi-line error per program on some x86 CPUs (jax-ml/jax#38445).
 # Unless the cache is turned off, keep only fatal C++ messages unless the user set the level.
 # Must happen before jax is imported.
-_cache_env = os.environ.get("SGDLAB_COMPILE_CACHE", "").strip().lower()
-if _cache_env not in ("0", "off", "false", "no"):
+from sgdlab._validate import env_off as _env_off  # noqa: E402 (NumPy only, not jax)
+
+if not _env_off("SGDLAB_COMPILE_CACHE"):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from sgdlab import data, engine, losses, models, optim, problems, results  # noqa: E402

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import functools
 import gc
-import os
+
+from sgdlab._validate import env_off
 
 
 def frozen_during(fn):
@@ -23,8 +24,7 @@ def frozen_during(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kw):
-        off = os.environ.get("SGDLAB_GC_FREEZE", "").strip().lower() in ("0", "off", "false", "no")
-        if off or gc.get_freeze_count():
+        if env_off("SGDLAB_GC_FREEZE") or gc.get_freeze_count():
             return fn(*args, **kw)
         gc.freeze()
         try:

@@ -7,10 +7,19 @@ user (or the CLI, which prints it as one line) knows what to change.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+
+OFF_WORDS = ("0", "off", "false", "no")
+"""What turns an sgdlab environment switch off (``SGDLAB_COMPILE_CACHE``, ``SGDLAB_GC_FREEZE``)."""
+
+
+def env_off(name: str) -> bool:
+    """Whether the environment variable ``name`` says off (0/off/false/no, any case)."""
+    return os.environ.get(name, "").strip().lower() in OFF_WORDS
 
 
 def fail(field: str, value: Any, allowed: str) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import jax
 
+from sgdlab._validate import env_off
+
 _SUFFIX = "-cache"  # the file name JAX's own cache uses, so either reads the other's entries
 
 
@@ -32,7 +34,7 @@ def _env() -> tuple[bool, str | None]:
     """``SGDLAB_COMPILE_CACHE`` read once: (wanted, the directory it names or None).
     Unset, 1/on/true/yes: wanted at the default place; 0/off/false/no: off; else a path."""
     env = os.environ.get("SGDLAB_COMPILE_CACHE", "").strip()
-    if env.lower() in ("0", "off", "false", "no"):
+    if env_off("SGDLAB_COMPILE_CACHE"):
         return False, None
     if not env or env.lower() in ("1", "on", "true", "yes"):
         return True, None

@@ -117,6 +117,7 @@ class Abstract(NamedTuple):
     loss: Any
     opt_state: Any
     event: Any          # ShapeDtypeStruct of the predicate's output, or None
+    observation: Any    # the Observation the observables and predicate were checked with
 
 
 def check_study(study, event_fn: Callable | None = None,
@@ -183,4 +184,4 @@ def check_study(study, event_fn: Callable | None = None,
             _fail(f"first_passage.predicate {name!r}",
                   f"it returned {got}; return a boolean scalar (e.g. jnp.abs(o.params[0]) > 1) "
                   "or a boolean vector of shape (E,) for E events")
-    return Abstract(params, data, batch, loss, opt_state, event)
+    return Abstract(params, data, batch, loss, opt_state, event, obs)

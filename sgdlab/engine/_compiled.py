@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import math
-import weakref
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -74,13 +74,6 @@ def jit_flat(fn, donate: tuple[int, ...] = ()):
     return call
 
 
-def _abstract_observation(a: _checks.Abstract, study: Study) -> Observation:
-    """One member's :class:`Observation` as shapes, from the checked study."""
-    hp = {k: jax.ShapeDtypeStruct((), a.loss.dtype) for k in study.hparams}
-    return Observation(a.params, a.opt_state, a.loss, a.loss, a.params,
-                       jax.ShapeDtypeStruct((), jnp.int32), hp, a.data)
-
-
 def _reads(fn, obs: Observation, field: str) -> bool:
     """Whether ``fn(obs)`` may depend on ``obs.<field>``: the field is an input of some
     operation of ``fn``'s traced program (one that is then unused counts too). A function
@@ -96,22 +89,30 @@ def _reads(fn, obs: Observation, field: str) -> bool:
         v is x for e in jaxpr.eqns for v in e.invars)
 
 
-_CHECKED: collections.OrderedDict[int, tuple] = collections.OrderedDict()
-"""``id(study)`` -> (weak reference to it, float dtype, its checked shapes), the last 64."""
+class _Analysis(NamedTuple):
+    """What a program needs to know of the study's functions before tracing them."""
+
+    abstract: _checks.Abstract  # their checked shapes
+    track_loss: bool            # some recorded function reads the step's loss
+    track_grad_norm: bool       # ... or its gradient norm
 
 
-def _checked(study: Study, event_fn, observables) -> _checks.Abstract:
-    """:func:`_checks.check_study`, once per study object and float dtype: a run builds a
-    probe program for its plan and then its own, and both check the same functions (the
-    event predicate and the observables are resolved from the study alone)."""
-    hit = _CHECKED.get(id(study))
-    if hit is not None and hit[0]() is study and hit[1] == float_dtype():
-        return hit[2]
-    out = _checks.check_study(study, event_fn, observables)
-    _CHECKED[id(study)] = (weakref.ref(study), float_dtype(), out)
-    while len(_CHECKED) > 64:
-        _CHECKED.popitem(last=False)
-    return out
+_ANALYSES: dict[tuple, _Analysis] = {}
+"""Analyses by static configuration (:func:`_static_key`): a run builds a probe program for
+its plan and then its own, and both would check and trace the same functions."""
+
+
+def _analysis(study: Study, event_fn, observables) -> _Analysis:
+    """Check the study's functions (:func:`_checks.check_study`) and find which of the
+    member state's loss and gradient norm the recorded ones read. A user recorder sees the
+    member state itself, so with one both are kept."""
+    def make():
+        a = _checks.check_study(study, event_fn, observables)
+        readers = list(observables.values()) + ([event_fn] if event_fn else [])
+        custom = bool(study.recorders)
+        return _Analysis(a, custom or any(_reads(f, a.observation, "loss") for f in readers),
+                         custom or any(_reads(f, a.observation, "grad_norm") for f in readers))
+    return remember(_ANALYSES, _static_key(study, 0, 0, 0), make)
 
 
 class _Program:
@@ -134,20 +135,16 @@ class _Program:
         self.freeze_on_event = fp is not None and fp.freeze
         self.event_every = fp.every if fp is not None else 1
         checked = {**self.obs_fns, **self.stat_fns}
-        self.abstract = _checked(study, self.event_fn, checked)
+        analysis = _analysis(study, self.event_fn, checked)
+        self.abstract = analysis.abstract
         self.event_shape = () if self.event_fn is None else tuple(self.abstract.event.shape)
         if fp is not None and fp.names is not None and \
                 (self.event_shape == () or len(fp.names) != self.event_shape[0]):
             fail("first_passage.names", fp.names, f"expected one name per event; the predicate "
                  f"returns shape {self.event_shape}")
         # the step's loss and gradient norm cost an output per member-step (the norm a
-        # reduction too): kept in the member state only when a recorded function reads
-        # them, or a user recorder is given (it sees the member state itself)
-        readers = list(checked.values()) + ([self.event_fn] if self.event_fn else [])
-        obs = _abstract_observation(self.abstract, study)
-        custom = bool(study.recorders)
-        self.track_grad_norm = custom or any(_reads(f, obs, "grad_norm") for f in readers)
-        self.track_loss = custom or any(_reads(f, obs, "loss") for f in readers)
+        # reduction too, and at step 0 a backward pass): computed only when read
+        self.track_loss, self.track_grad_norm = analysis.track_loss, analysis.track_grad_norm
         self.norm_dtype = jnp.result_type(*jax.tree_util.tree_leaves(self.abstract.params))
         self.noise = "noise_std" in study.hparams
         self.member_map = study.resolved_member_layout() == "map"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -90,15 +91,11 @@ def member_keys(base_seed, seed_index):
     return jax.random.fold_in(k, 0), jax.random.fold_in(k, 1), jax.random.fold_in(k, 2)
 
 
+@functools.cache
 def abstract_key() -> jax.ShapeDtypeStruct:
     """The shape and dtype of a typed key, for ``jax.eval_shape`` (``jax.random.key(0)``
     would dispatch a hash on the device, and compile it once per process)."""
-    if not _ABSTRACT_KEY:
-        _ABSTRACT_KEY.append(jax.eval_shape(jax.random.key, jax.ShapeDtypeStruct((), jnp.int32)))
-    return _ABSTRACT_KEY[0]
-
-
-_ABSTRACT_KEY: list = []
+    return jax.eval_shape(jax.random.key, jax.ShapeDtypeStruct((), jnp.int32))
 
 
 def shared_key(base_seed):
