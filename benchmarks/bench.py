@@ -44,6 +44,7 @@ import datetime
 import glob
 import gzip
 import json
+import math
 import os
 import platform
 import statistics
@@ -394,8 +395,9 @@ def _short(study: sl.Study, steps: int, **kw) -> sl.Study:
 
 def _rng_only(study: sl.Study, steps: int):
     """Every seed's batches for ``steps`` steps, drawn as the engine draws them: once per
-    seed (shared by its grid points), in blocks of steps where the source has blocks, for
-    groups of seeds one after another on CPU (``sl.engine.by_seed_groups``)."""
+    seed (shared by its grid points); where the source has blocks, each block's key once
+    and then every step's row alone (a source with ``row``), or whole blocks for groups of
+    seeds one after another on CPU (``sl.engine.by_seed_groups``)."""
     source = study.problem.data
     data = baselines.shared_data(study.problem, study.seed)
     keys = jax.random.split(jax.random.key(2), study.seeds)
@@ -411,13 +413,27 @@ def _rng_only(study: sl.Study, steps: int):
                 return acc + total(jax.vmap(lambda k: source.batch(data, k, t))(keys)), None
             return jax.lax.scan(body, jnp.zeros(()), jnp.arange(1, steps + 1))[0]
 
-        def body(acc, b):
-            rows = sl.engine.by_seed_groups(
-                lambda ks: jax.vmap(lambda k: source.block(data, k, b, B))(ks), keys)
-            return acc + total(rows), None
+        if source.row is not None:
+            def body(acc, b):
+                kb = jax.vmap(lambda k: sl.data.block_key(k, b))(keys)
+                return jax.lax.fori_loop(0, B, lambda j, a: a + total(jax.vmap(
+                    lambda k: source.row(data, k, j, B))(kb)), acc), None
+        else:
+            def body(acc, b):
+                rows = sl.engine.by_seed_groups(
+                    lambda ks: jax.vmap(lambda k: source.block(data, k, b, B))(ks), keys)
+                return acc + total(rows), None
         return jax.lax.scan(body, jnp.zeros(()), jnp.arange(-(-steps // B)))[0]
 
     return lambda r: run(keys)
+
+
+def _numbers_per_step(study: sl.Study) -> int:
+    """Random numbers the engine draws per step: one batch per seed."""
+    source = study.problem.data
+    data = jax.eval_shape(lambda: baselines.shared_data(study.problem, study.seed))
+    one = jax.eval_shape(lambda d: source.batch(d, jax.random.key(0), jnp.int32(1)), data)
+    return study.seeds * sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(one))
 
 
 def _update_only(study: sl.Study, steps: int):
@@ -692,6 +708,13 @@ def run_case(case: Case, size: str, repeats: int, use_torch: bool, profile: bool
         log("  components (s/step, share of engine): " + ", ".join(
             f"{k} {v['s_per_step']:.3g} ({v['share']:.2f})"
             for k, v in rec["components"].items() if isinstance(v, dict)))
+        if case.bound == "rng":  # the random numbers of a step against bulk normals
+            comp = rec["components"]
+            comp["rng_numbers_per_step"] = n = _numbers_per_step(study)
+            comp["rng_s_per_number"] = comp["rng"]["s_per_step"] / n
+            comp["rng_vs_bulk"] = comp["rng_s_per_number"] * peak_rng
+            log(f"  random numbers  {comp['rng_s_per_number'] * 1e9:.3g} ns each, "
+                f"{comp['rng_vs_bulk']:.3g}× a bulk normal ({n} per step)")
     if profile and (deadline is None or time.perf_counter() < deadline):
         rec["profile"] = profile_ops(_short(study, min(steps, 200)))
         for row in rec["profile"][:8]:

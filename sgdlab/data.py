@@ -35,6 +35,14 @@ the batch's size alone), one key derivation per block of steps instead of one pe
 step; ``batch`` still gives step 0's batch. :func:`step_batch` is the batch of any
 step, whichever way the source draws it. Blocks are fixed by step numbers, so the
 stream does not depend on how a run is cut into segments or chunks.
+
+Rows computed alone. A source whose block is a counter-based draw may also give
+``row(data, key, j, B)``: row ``j`` of the block drawn from block key ``key``
+(``block(data, k, b, B)[j]`` for ``key = block_key(k, b)``, the same bits), computed
+without the other rows. Then the engine computes each step's batch when the step needs
+it, and never holds a block of every seed in memory (for 10⁵ seeds × 64 steps that is
+25.6 MB, out of the CPU's cache). :func:`normal_row` is row ``j`` of a
+``jax.random.normal`` block, computed alone.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.extend.random import threefry2x32_p
 
 from sgdlab._validate import choice, fail, positive_int
 
@@ -64,6 +74,11 @@ class DataSource(NamedTuple):
     ``block`` (optional): ``block(data, key, b, B)`` -> the batches of steps
     ``bB + 1 .. bB + B`` with a leading axis ``B``, drawn from :func:`block_key`; each
     row must have the law of one step's ``batch`` and rows must be independent.
+
+    ``row`` (optional, with ``block``): ``row(data, key, j, B)`` -> row ``j`` of the
+    block drawn from the block key ``key``, bitwise
+    ``block(data, k, b, B)[j]`` for ``key = block_key(k, b)``, computed alone (see the
+    module docstring and :func:`normal_row`).
     """
 
     init: Callable[[jax.Array], Any]
@@ -72,11 +87,60 @@ class DataSource(NamedTuple):
     batch_size: int = 1
     description: str = ""
     block: Callable[[Any, jax.Array, jax.Array, int], Any] | None = None
+    row: Callable[[Any, jax.Array, jax.Array, int], Any] | None = None
 
 
 def block_key(key: jax.Array, b) -> jax.Array:
     """The key of block ``b`` of a seed's data key (distinct from every step's key)."""
     return jax.random.fold_in(jax.random.fold_in(key, BLOCK_TAG), b)
+
+
+def rows_alone(dtype) -> bool:
+    """Whether :func:`normal_row` computes a row of ``dtype`` normals alone: JAX's default
+    Threefry keys with ``jax_threefry_partitionable`` (JAX's default), where every number
+    is the hash of its own position, and ``dtype`` float32 or float64. Otherwise it draws
+    the whole block and takes the row (the same bits, B times the work)."""
+    return bool(jax.config.jax_threefry_partitionable) \
+        and str(jax.config.jax_default_prng_impl) == "threefry2x32" \
+        and np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def normal_row(key: jax.Array, j, B: int, shape=(), dtype=None) -> jax.Array:
+    """Row ``j`` of ``jax.random.normal(key, (B,) + shape, dtype)``, the same bits,
+    computed alone when :func:`rows_alone` (else drawn whole and indexed).
+
+    With partitionable Threefry, the number at flat position ``p`` of a draw is made from
+    ``threefry2x32(key, (p >> 32, p mod 2³²))`` alone (its two words XORed for 32 bits,
+    joined for 64), then mapped to a uniform on ``[nextafter(-1, 0), 1)`` through its
+    mantissa bits and to a normal by ``√2 erfinv``, as ``jax.random.normal`` does. Row
+    ``j`` holds positions ``j·n … j·n + n - 1`` (``n`` the numbers of ``shape``).
+    ``tests/test_problems.py`` compares it with ``jax.random.normal`` bit for bit.
+    """
+    dtype = np.dtype(jnp.result_type(float) if dtype is None else dtype)
+    shape = tuple(shape)
+    n = math.prod(shape)
+    if not rows_alone(dtype) or B * n >= 2**32:
+        return jax.lax.dynamic_index_in_dim(jax.random.normal(key, (B,) + shape, dtype),
+                                            j, 0, False)
+    k = jax.random.key_data(key)
+    u32 = np.uint32
+    pos = jnp.asarray(j).astype(u32) * u32(n) + jax.lax.iota(u32, n).reshape(shape)
+    hi, lo = threefry2x32_p.bind(k[0], k[1], jnp.zeros_like(pos), pos)
+    finfo = jnp.finfo(dtype)
+    nbits, nmant = finfo.bits, finfo.nmant
+    if nbits == 64:
+        uint = np.uint64
+        bits = jax.lax.shift_left(hi.astype(uint), jnp.asarray(32, uint)) | lo.astype(uint)
+    else:
+        uint, bits = u32, hi ^ lo
+    float_bits = jax.lax.shift_right_logical(bits, jnp.asarray(nbits - nmant, uint))
+    float_bits = float_bits | jnp.asarray(np.array(1.0, dtype).view(uint), uint)
+    floats = jax.lax.bitcast_convert_type(float_bits, dtype) - jnp.array(1.0, dtype)
+    lo_v = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype), dtype=dtype)
+    minval = jax.lax.convert_element_type(lo_v, dtype)
+    maxval = jax.lax.convert_element_type(np.array(1.0, dtype), dtype)
+    u = jax.lax.max(minval, floats * (maxval - minval) + minval)
+    return jax.lax.mul(np.array(np.sqrt(2), dtype), jax.lax.erf_inv(u))
 
 
 def block_steps(source: DataSource, data: Any = None) -> int:

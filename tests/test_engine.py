@@ -569,7 +569,7 @@ def test_member_by_member_gives_each_member_the_bits_of_a_map_over_members():
 
 
 def _per_seed_shift_source():
-    """An online source with per-seed data (a shift drawn for each seed) and blocks."""
+    """An online source with per-seed data (a shift drawn for each seed), blocks and rows."""
     def init(key):
         return {"shift": jax.random.normal(key, (2,))}
 
@@ -579,7 +579,60 @@ def _per_seed_shift_source():
     def block(data, key, b, B):
         return jax.random.normal(sl.data.block_key(key, b), (B, 2)) + data["shift"]
 
-    return sl.data.DataSource(init=init, batch=batch, batch_size=1, block=block)
+    def row(data, key, j, B):
+        return sl.data.normal_row(key, j, B, (2,)) + data["shift"]
+
+    return sl.data.DataSource(init=init, batch=batch, batch_size=1, block=block, row=row)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_a_normal_row_alone_is_that_row_of_the_whole_draw(x64):
+    """``sl.data.normal_row(key, j, B, shape)`` is bitwise row ``j`` of
+    ``jax.random.normal(key, (B,) + shape)``, in float32 and float64."""
+    with jax.enable_x64(x64):
+        dt = jnp.float64 if x64 else jnp.float32
+        assert sl.data.rows_alone(dt)
+        key = jax.random.key(11)
+        for B, shape in [(1, ()), (64, ()), (64, (1,)), (8, (3,)), (4, (2, 5))]:
+            whole = np.asarray(jax.random.normal(key, (B,) + shape, dt))
+            rows = jax.jit(jax.vmap(lambda j, B=B, shape=shape: sl.data.normal_row(
+                key, j, B, shape, dt)))(jnp.arange(B))
+            assert rows.dtype == whole.dtype
+            np.testing.assert_array_equal(np.asarray(rows), whole)
+
+
+@pytest.mark.parametrize("source", ["shared", "per_seed"])
+def test_rows_computed_alone_give_the_bits_of_whole_blocks(monkeypatch, source):
+    """Gradient noise, and a data source with ``row``, are computed a step's row at a time
+    from each block's keys (no tile of every seed's block in memory); every result is
+    bitwise that of whole blocks drawn and indexed (float32, where a fused step could
+    round differently)."""
+    import collections
+    import dataclasses
+
+    from sgdlab.engine import _compiled
+
+    problem = sl.problems.noisy_quadratic([1.0, 0.5], [0.5, 0.2], init_scale=0.3)
+    if source == "per_seed":
+        problem = dataclasses.replace(problem, data=_per_seed_shift_source())
+    assert problem.data.row is not None
+    study = sl.Study(problem, sl.Optimizer("sgd"),
+                     {"learning_rate": [0.1, 0.3], "noise_std": [0.0, 0.5]}, steps=150,
+                     seeds=24, observe=sl.Observe(("w", "loss"), num=5),
+                     stationary=sl.Stationary(("w2",), burn_in=20))
+
+    def run(study, alone):
+        monkeypatch.setattr(sl.data, "rows_alone", lambda dtype: alone)
+        monkeypatch.setattr(_compiled, "_PROGRAMS", collections.OrderedDict())
+        return sl.run(study, progress=False)
+
+    rows = run(study, True)
+    tiles = run(dataclasses.replace(study, problem=dataclasses.replace(
+        problem, data=problem.data._replace(row=None))), False)
+    assert rows.data_vars.keys() == tiles.data_vars.keys()
+    for v in rows.data_vars:
+        assert np.array_equal(rows[v].values, tiles[v].values, equal_nan=True), v
+    assert len(np.unique(rows["w"].values[..., -1, :])) > 10  # seeds differ
 
 
 @pytest.mark.parametrize("source", ["shared", "per_seed"])
@@ -600,6 +653,10 @@ def test_tiles_drawn_for_groups_of_seeds_give_the_bits_of_one_draw(monkeypatch, 
                      {"learning_rate": [0.1, 0.3], "noise_std": [0.0, 0.5]}, steps=150,
                      seeds=24, observe=sl.Observe(("w", "loss"), num=5),
                      stationary=sl.Stationary(("w2",), burn_in=20))
+
+    problem = dataclasses.replace(problem, data=problem.data._replace(row=None))
+    monkeypatch.setattr(sl.data, "rows_alone", lambda dtype: False)  # whole blocks (tiles)
+    study = dataclasses.replace(study, problem=problem)
 
     def run(limit):
         monkeypatch.setattr(_compiled, "GROUP_NUMBERS", limit)

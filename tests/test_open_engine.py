@@ -193,6 +193,18 @@ def test_a_data_block_of_the_wrong_shape_gets_a_one_line_error():
                                              r"invalid: .*64 steps stacked") as e:
             sl.run(sl.Study(bad, **base), progress=False)
         assert_friendly(e)
+    # a row (one step's batch computed alone) must have one batch's shape
+    rowed = good._replace(block=lambda data, key, b, B: jax.random.normal(
+        sl.data.block_key(key, b), (B, 3, 2)))
+    sl.run(sl.Study(dataclasses.replace(problem, data=rowed._replace(
+        row=lambda data, key, j, B: sl.data.normal_row(key, j, B, (3, 2)))), **base),
+        progress=False)
+    bad = dataclasses.replace(problem, data=rowed._replace(
+        row=lambda data, key, j, B: sl.data.normal_row(key, j, B, (2,))))
+    with pytest.raises(ValueError, match=r"^problem.data.row\(data, key, j, B\) is invalid: "
+                                         r".*one step's batch") as e:
+        sl.run(sl.Study(bad, **base), progress=False)
+    assert_friendly(e)
 
 
 # --------------------------------------------------------------------------- front door, counter

@@ -152,6 +152,16 @@ def check_study(study, event_fn: Callable | None = None,
         if not same:
             _fail("problem.data.block(data, key, b, B)", f"it returned {_shapes(rows)}; it "
                   f"must return {want}")
+        if problem.data.row is not None:
+            one = _abstract(lambda d, k, j: problem.data.row(d, k, j, B),
+                            "problem.data.row(data, key, j, B)",
+                            f"one step's batch ({_shapes(batch)})", data, key, int32)
+            if jax.tree_util.tree_structure(one) != jax.tree_util.tree_structure(batch) or \
+                    any(r.shape != b.shape or r.dtype != b.dtype for r, b in zip(
+                        jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(batch),
+                        strict=True)):
+                _fail("problem.data.row(data, key, j, B)", f"it returned {_shapes(one)}; it "
+                      f"must return one step's batch ({_shapes(batch)}), row j of the block")
     loss = _abstract(problem.loss, "problem.loss(params, batch, hp)",
                      f"a scalar; params are {_shapes(params)} and the batch is {_shapes(batch)}",
                      params, batch, hp1)

@@ -29,6 +29,22 @@ from sgdlab.engine._state import (
 from sgdlab.engine._study import Study, _builtin_observables, _resolve, float_dtype
 from sgdlab.problems import Observation, Problem
 
+
+class _Stream(NamedTuple):
+    """A blocked random stream of a segment: ``B`` steps per block; ``one_seed(a, d, b)``
+    draws one seed's block ``b`` (leaves ``[B, ...]``) from its per-seed args ``a`` (a
+    leading seed axis in ``per_seed``) and the shared args ``d`` (``shared``, broadcast per
+    seed, or None). With ``keys`` a step's row is computed alone: ``keys(a, b)`` gives one
+    seed's keys of block ``b`` and ``row(keys, d, j)`` its row ``j`` (the same bits as row
+    ``j`` of ``one_seed``), so no block of every seed is held in memory."""
+    B: int
+    one_seed: object
+    per_seed: object
+    shared: object
+    keys: object = None
+    row: object = None
+
+
 TRACE_COUNT = 0
 """Number of times a segment program has been traced (read it with :func:`trace_count`)."""
 
@@ -250,38 +266,55 @@ class _Program:
             new = new._replace(event_step=event_step)
         return new
 
-    def _noise_blocks(self, noise_k, params):
-        """``(B, one_seed, per_seed_args, shared_args)`` for the block noise of a chunk (see
-        ``STREAM_VERSION``): ``one_seed(key, None, b)`` gives one seed's normals of block
-        ``b`` (leaves ``[B, ...]``, shared by the seed's grid points)."""
+    def _noise_blocks(self, noise_k, params) -> _Stream:
+        """The block noise of a chunk (see ``STREAM_VERSION``): ``one_seed(key, None, b)``
+        gives one seed's normals of block ``b`` (leaves ``[B, ...]``, shared by the seed's
+        grid points); with float32 or float64 parameters each step's row is computed alone
+        from the block's keys (``data.normal_row``, the same bits)."""
         shapes = [(x.shape[2:], x.dtype) for x in jax.tree_util.tree_leaves(params)]
         B = noise_block(sum(math.prod(sh) for sh, _ in shapes))
 
+        def keys(key, b):
+            return jax.random.split(jax.random.fold_in(key, b), len(shapes))
+
         def one_seed(key, shared, b):
             del shared
-            keys = jax.random.split(jax.random.fold_in(key, b), len(shapes))
             return tuple(jax.random.normal(k, (B,) + sh, dt)
-                         for k, (sh, dt) in zip(keys, shapes, strict=True))
+                         for k, (sh, dt) in zip(keys(key, b), shapes, strict=True))
 
-        return B, one_seed, noise_k, None
+        def row(ks, d, j):
+            del d
+            return tuple(data_lib.normal_row(ks[i], j, B, sh, dt)
+                         for i, (sh, dt) in enumerate(shapes))
 
-    def _data_blocks(self, data_k, data):
-        """``(B, one_seed, per_seed_args, shared_args)`` for a source that draws blocks of
-        steps (``sgdlab.data``): ``one_seed((key, d), None, b)`` (per-seed data) or
-        ``one_seed(key, data, b)`` (shared data) gives one seed's batches of block ``b``
-        (leaves ``[B, ...]``). Shared data is broadcast over each group of seeds inside the
-        draw (see :meth:`_per_seed_data`), not over the whole chunk."""
+        alone = all(data_lib.rows_alone(dt) for _, dt in shapes)
+        return _Stream(B, one_seed, noise_k, None, keys if alone else None, row)
+
+    def _data_blocks(self, data_k, data) -> _Stream:
+        """A source that draws blocks of steps (``sgdlab.data``): ``one_seed((key, d), None,
+        b)`` (per-seed data) or ``one_seed(key, data, b)`` (shared data) gives one seed's
+        batches of block ``b`` (leaves ``[B, ...]``). Shared data is broadcast over each
+        group of seeds inside the draw (see :meth:`_per_seed_data`), not over the whole
+        chunk. A source with ``row`` computes each step's batch alone from the block key."""
         source = self.problem.data
         first = data if self.data_axis is None else jax.tree_util.tree_map(lambda x: x[0], data)
         B = data_lib.block_steps(source, first)
+        keys = None
+        if source.row is not None:
+            def keys(a, b):
+                return data_lib.block_key(a[0] if self.data_axis == 0 else a, b)
+
+        def row(kb, d, j):
+            return source.row(d, kb, j, B)
+
         if self.data_axis == 0:
             def one_seed(a, shared, b):
                 return source.block(a[1], a[0], b, B)
-            return B, one_seed, (data_k, data), None
+            return _Stream(B, one_seed, (data_k, data), None, keys, row)
 
         def one_seed_shared(a, d, b):
             return source.block(d, a, b, B)
-        return B, one_seed_shared, data_k, data
+        return _Stream(B, one_seed_shared, data_k, data, keys, row)
 
     # ---- all members of a chunk
     def _per_seed_data(self, data, n_seeds):
@@ -382,7 +415,7 @@ class _Program:
 
         data_s = self._per_seed_data(data, seed_index.shape[0])
         treedef = jax.tree_util.tree_structure(carry.members.params)
-        streams = {}  # name -> (steps per block, one_seed, per-seed args, shared args)
+        streams: dict[str, _Stream] = {}
         if self.noise:
             streams["noise"] = self._noise_blocks(noise_k, carry.members.params)
         if problem.data.block is not None:
@@ -415,32 +448,42 @@ class _Program:
         # then its steps read their rows; nothing is carried from tile to tile. A segment
         # that starts or ends inside a tile draws all of it: default segments hold whole
         # tiles (``_layout.default_segment``; benchmarks/RESULTS.md, version 4).
-        Bm = max(B for B, *_ in streams.values())
+        Bm = max(st.B for st in streams.values())
 
         def tile_rows(k):
-            out = {}
-            for name, (B, one_seed, per_seed_args, shared) in streams.items():
-                n = Bm // B
+            out, keys = {}, {}
+            for name, st in streams.items():
+                n = Bm // st.B
                 bs = k * n + jnp.arange(n, dtype=jnp.int32)
+                if st.keys is not None:  # [S, n, ...]: each block's keys; rows come later
+                    keys[name] = jax.vmap(lambda a, st=st, bs=bs: jax.vmap(
+                        lambda b: st.keys(a, b))(bs))(st.per_seed)
+                    continue
 
-                def seeds(a, shared=shared, one_seed=one_seed, bs=bs):  # [g, Bm, ...]
+                def seeds(a, st=st, bs=bs):  # [g, Bm, ...]
                     g = jax.tree_util.tree_leaves(a)[0].shape[0]
-                    d = None if shared is None else self._per_seed_data(shared, g)
+                    d = None if st.shared is None else self._per_seed_data(st.shared, g)
                     blocks = jax.vmap(lambda a1, d1: jax.vmap(
-                        lambda b: one_seed(a1, d1, b))(bs))(a, d)
+                        lambda b: st.one_seed(a1, d1, b))(bs))(a, d)
                     return jax.tree_util.tree_map(  # [g, n, B, ...] -> [g, Bm, ...]
                         lambda x: x.reshape(x.shape[:1] + (Bm,) + x.shape[3:]), blocks)
-                out[name] = by_seed_groups(seeds, per_seed_args)
-            return out
+                out[name] = by_seed_groups(seeds, st.per_seed)
+            return out, keys
 
         def tile(k, c):
-            rows = tile_rows(k)
+            rows, keys = tile_rows(k)
             lo = jnp.maximum(t0 + 1, k * Bm + 1)
             hi = jnp.minimum(t0 + S, (k + 1) * Bm)
 
             def one(t, c):
+                i = t - 1 - k * Bm
                 row = jax.tree_util.tree_map(
-                    lambda x: jax.lax.dynamic_index_in_dim(x, t - 1 - k * Bm, 1, False), rows)
+                    lambda x: jax.lax.dynamic_index_in_dim(x, i, 1, False), rows)
+                for name, kb in keys.items():  # row i % B of block i // B, alone
+                    st = streams[name]
+                    kb = jax.tree_util.tree_map(
+                        lambda x, B=st.B: jax.lax.dynamic_index_in_dim(x, i // B, 1, False), kb)
+                    row[name] = jax.vmap(lambda a, d, st=st: st.row(a, d, i % st.B))(kb, data_s)
                 return step(c, t, row)
             return jax.lax.fori_loop(lo, hi + 1, one, c)
 

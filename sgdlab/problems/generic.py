@@ -60,6 +60,10 @@ def _noisy_quadratic(a) -> Problem:
         del data
         return jax.random.normal(data_lib.block_key(key, b), (B, d))
 
+    def row(data, key, j, B):  # row j of that draw alone, from the block key
+        del data
+        return data_lib.normal_row(key, j, B, (d,))
+
     def loss(w, xi, hp):
         return 0.5 * w @ (a["K"] @ w) + (a["L"] @ xi) @ w
 
@@ -68,7 +72,8 @@ def _noisy_quadratic(a) -> Problem:
 
     return Problem(
         name="noisy_quadratic", init=init, loss=loss,
-        data=data_lib.online(sample, 1, "gradient noise ξ ~ N(0, I)")._replace(block=block),
+        data=data_lib.online(sample, 1, "gradient noise ξ ~ N(0, I)")._replace(
+            block=block, row=row),
         risk=risk, observables=vector_observables())
 
 
