@@ -114,7 +114,7 @@ def normal_row(key: jax.Array, j, B: int, shape=(), dtype=None) -> jax.Array:
     joined for 64), then mapped to a uniform on ``[nextafter(-1, 0), 1)`` through its
     mantissa bits and to a normal by ``√2 erfinv``, as ``jax.random.normal`` does. Row
     ``j`` holds positions ``j·n … j·n + n - 1`` (``n`` the numbers of ``shape``).
-    ``tests/test_problems.py`` compares it with ``jax.random.normal`` bit for bit.
+    ``tests/test_engine.py`` compares it with ``jax.random.normal`` bit for bit.
     """
     dtype = np.dtype(jnp.result_type(float) if dtype is None else dtype)
     shape = tuple(shape)

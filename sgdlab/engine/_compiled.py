@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,11 +39,11 @@ class _Stream(NamedTuple):
     seed's keys of block ``b`` and ``row(keys, d, j)`` its row ``j`` (the same bits as row
     ``j`` of ``one_seed``), so no block of every seed is held in memory."""
     B: int
-    one_seed: object
-    per_seed: object
-    shared: object
-    keys: object = None
-    row: object = None
+    one_seed: Callable
+    per_seed: Any
+    shared: Any
+    keys: Callable | None = None
+    row: Callable | None = None
 
 
 TRACE_COUNT = 0
@@ -445,9 +446,11 @@ class _Program:
 
         # Tiles of Bm steps (the longest block; every block size is a power of two, so
         # each tile holds whole blocks of every stream): a tile draws its blocks once,
-        # then its steps read their rows; nothing is carried from tile to tile. A segment
-        # that starts or ends inside a tile draws all of it: default segments hold whole
-        # tiles (``_layout.default_segment``; benchmarks/RESULTS.md, version 4).
+        # then its steps read their rows, or (a stream with ``keys``) it derives its
+        # blocks' keys once and each step computes its own row; nothing is carried from
+        # tile to tile. A segment that starts or ends inside a tile draws all of it:
+        # default segments hold whole tiles (``_layout.default_segment``;
+        # benchmarks/RESULTS.md, version 4 and "A step's random numbers computed alone").
         Bm = max(st.B for st in streams.values())
 
         def tile_rows(k):
