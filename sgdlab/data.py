@@ -95,14 +95,17 @@ def block_key(key: jax.Array, b) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(key, BLOCK_TAG), b)
 
 
-def rows_alone(dtype) -> bool:
-    """Whether :func:`normal_row` computes a row of ``dtype`` normals alone: JAX's default
-    Threefry keys with ``jax_threefry_partitionable`` (JAX's default), where every number
-    is the hash of its own position, and ``dtype`` float32 or float64. Otherwise it draws
-    the whole block and takes the row (the same bits, B times the work)."""
-    return bool(jax.config.jax_threefry_partitionable) \
-        and str(jax.config.jax_default_prng_impl) == "threefry2x32" \
-        and np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64))
+def rows_alone(dtype=None) -> bool:
+    """Whether rows of a block can be computed alone: JAX's default Threefry keys with
+    ``jax_threefry_partitionable`` (JAX's default), where every number is the hash of its
+    own position; with ``dtype``, also whether :func:`normal_row` does so for ``dtype``
+    normals (float32 or float64). Otherwise :func:`normal_row` draws the whole block and
+    takes the row (the same bits, B times the work), and the engine draws whole blocks
+    (a source's ``row`` is then not used)."""
+    keys = bool(jax.config.jax_threefry_partitionable) \
+        and str(jax.config.jax_default_prng_impl) == "threefry2x32"
+    return keys and (dtype is None or np.dtype(dtype) in (np.dtype(np.float32),
+                                                          np.dtype(np.float64)))
 
 
 def normal_row(key: jax.Array, j, B: int, shape=(), dtype=None) -> jax.Array:

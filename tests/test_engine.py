@@ -601,6 +601,35 @@ def test_a_normal_row_alone_is_that_row_of_the_whole_draw(x64):
             np.testing.assert_array_equal(np.asarray(rows), whole)
 
 
+def test_without_partitionable_keys_rows_come_from_whole_blocks(monkeypatch):
+    """With ``jax_threefry_partitionable`` off a number is not the hash of its own position:
+    ``normal_row`` then draws the block and indexes it, the engine draws whole blocks (a
+    source's ``row`` unused), and the run still reads the documented block stream."""
+    import collections
+
+    from sgdlab.engine import _compiled
+
+    monkeypatch.setattr(_compiled, "_PROGRAMS", collections.OrderedDict())
+    with jax.threefry_partitionable(False), jax.enable_x64(True):
+        assert not sl.data.rows_alone() and not sl.data.rows_alone(jnp.float32)
+        key = jax.random.key(5)
+        whole = np.asarray(jax.random.normal(key, (8, 3), jnp.float32))
+        rows = jax.jit(jax.vmap(lambda j: sl.data.normal_row(key, j, 8, (3,), jnp.float32)))(
+            jnp.arange(8))
+        np.testing.assert_array_equal(np.asarray(rows), whole)
+        d, steps = 2, 70
+        problem = sl.problems.noisy_quadratic([0.0] * d, [1.0] * d)  # grad = ξ_t
+        B = sl.data.block_steps(problem.data)
+        study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": 1.0}, steps=steps,
+                         seeds=2, observe=sl.Observe(("w",), at=tuple(range(steps + 1))))
+        w = sl.run(study, progress=False).w.values  # [seed, step, d]: one grid point
+        xi = -np.diff(w, axis=-2)
+        key = engine.member_keys(0, 1)[1]
+        blocks = [jax.random.normal(sl.data.block_key(key, b), (B, d))
+                  for b in range(-(-steps // B))]
+        np.testing.assert_allclose(xi[1], np.concatenate(blocks)[:steps], rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("source", ["shared", "per_seed"])
 def test_rows_computed_alone_give_the_bits_of_whole_blocks(monkeypatch, source):
     """Gradient noise, and a data source with ``row``, are computed a step's row at a time
@@ -622,7 +651,7 @@ def test_rows_computed_alone_give_the_bits_of_whole_blocks(monkeypatch, source):
                      stationary=sl.Stationary(("w2",), burn_in=20))
 
     def run(study, alone):
-        monkeypatch.setattr(sl.data, "rows_alone", lambda dtype: alone)
+        monkeypatch.setattr(sl.data, "rows_alone", lambda dtype=None: alone)
         monkeypatch.setattr(_compiled, "_PROGRAMS", collections.OrderedDict())
         return sl.run(study, progress=False)
 
@@ -655,7 +684,7 @@ def test_tiles_drawn_for_groups_of_seeds_give_the_bits_of_one_draw(monkeypatch, 
                      stationary=sl.Stationary(("w2",), burn_in=20))
 
     problem = dataclasses.replace(problem, data=problem.data._replace(row=None))
-    monkeypatch.setattr(sl.data, "rows_alone", lambda dtype: False)  # whole blocks (tiles)
+    monkeypatch.setattr(sl.data, "rows_alone", lambda dtype=None: False)  # whole blocks (tiles)
     study = dataclasses.replace(study, problem=problem)
 
     def run(limit):

@@ -301,7 +301,7 @@ class _Program:
         first = data if self.data_axis is None else jax.tree_util.tree_map(lambda x: x[0], data)
         B = data_lib.block_steps(source, first)
         keys = None
-        if source.row is not None:
+        if source.row is not None and data_lib.rows_alone():
             def keys(a, b):
                 return data_lib.block_key(a[0] if self.data_axis == 0 else a, b)
 
