@@ -205,6 +205,12 @@ def test_a_data_block_of_the_wrong_shape_gets_a_one_line_error():
                                          r".*one step's batch") as e:
         sl.run(sl.Study(bad, **base), progress=False)
     assert_friendly(e)
+    lone = dataclasses.replace(problem, data=rowed._replace(  # a row without a block
+        block=None, row=lambda data, key, j, B: sl.data.normal_row(key, j, B, (3, 2))))
+    with pytest.raises(ValueError, match=r"^problem.data.row\(data, key, j, B\) is invalid: "
+                                         r".*give block") as e:
+        sl.run(sl.Study(lone, **base), progress=False)
+    assert_friendly(e)
 
 
 # --------------------------------------------------------------------------- front door, counter

@@ -140,6 +140,9 @@ def check_study(study, event_fn: Callable | None = None,
                      "the data drawn once (a pytree of arrays, or None)", key)
     batch = _abstract(problem.data.batch, "problem.data.batch",
                       "the step's minibatch (a pytree of arrays)", data, key, int32)
+    if problem.data.row is not None and problem.data.block is None:
+        _fail("problem.data.row(data, key, j, B)", "a row is row j of the source's block: "
+              "give block(data, key, b, B) too, or leave row out")
     if problem.data.block is not None:
         B = data_lib.block_steps(problem.data, data)
         want = f"the batches of {B} steps stacked on a leading axis ({_shapes(batch)} " \
