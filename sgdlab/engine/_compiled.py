@@ -633,7 +633,8 @@ def _static_key(study: Study, chunk_seeds: int, segment_steps: int, devices: int
             tuple(_hashable(r) for r in study.recorders), study.first_passage, study.steps,
             study.divergence_bound, study.keep_init,
             study.block, tuple((k, v.shape) for k, v in study.hparams.items()), chunk_seeds,
-            segment_steps, devices, float_dtype(), study.resolved_member_layout())
+            segment_steps, devices, float_dtype(), study.resolved_member_layout(),
+            data_lib.rows_alone())  # JAX's key settings decide how rows are drawn
 
 
 def program_key(study: Study, chunk_seeds: int, segment_steps: int, devices: int = 1) -> tuple:
