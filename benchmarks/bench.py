@@ -26,6 +26,11 @@ Every record splits the engine's compile per program (``_init``, ``_segment``) i
 lowering (trace + MLIR) and XLA seconds (``compile``), read from JAX's own compile
 events (:class:`CompileLog`).
 
+Where a workload measures its components (``components``: the random numbers alone, the
+update alone, the engine), the random-number-bound workload also reports its random
+numbers per number against the bulk-normal ceiling of the same rounds
+(``components.rng_s_per_number``, ``rng_vs_bulk``; the issue's target is ≤ 1.5).
+
 ``--suite gpu [--budget-s 240] [--allow-tf32] [--append-results]`` runs W1–W5 at
 GPU sizes (size ``gpu``: 10⁵–10⁶ members where they fit; ``--size tiny`` for a CPU
 smoke run) within a wall-clock budget, float32 matmuls at precision ``highest``
