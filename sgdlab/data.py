@@ -42,7 +42,8 @@ Rows computed alone. A source whose block is a counter-based draw may also give
 without the other rows. Then the engine computes each step's batch when the step needs
 it, and never holds a block of every seed in memory (for 10⁵ seeds × 64 steps that is
 25.6 MB, out of the CPU's cache). :func:`normal_row` is row ``j`` of a
-``jax.random.normal`` block, computed alone.
+``jax.random.normal`` block, computed alone; :func:`normal_noise` is a source of standard
+normal noise built that way.
 """
 
 from __future__ import annotations
@@ -212,6 +213,29 @@ def online(sample: Callable[[jax.Array, int], Any], batch_size: int,
     return DataSource(init=lambda key: None, batch=batch, shared=True,
                       batch_size=batch_size, description=description,
                       block=_stacked(sample, batch_size) if iid_rows else None)
+
+
+def normal_noise(shape, description: str = "ξ ~ N(0, I)") -> DataSource:
+    """Standard normal noise of ``shape`` each step, drawn in blocks whose rows are
+    computed alone: ``batch = normal(fold_in(key, t), shape)`` at step 0, then row ``j``
+    of ``normal(block_key(key, b), (B,) + shape)`` (:func:`normal_row`). The default
+    float dtype; batch size 1 (one draw per step)."""
+    shape = tuple(int(n) for n in shape)
+
+    def batch(data, key, t):
+        del data
+        return jax.random.normal(jax.random.fold_in(key, t), shape)
+
+    def block(data, key, b, B):
+        del data
+        return jax.random.normal(block_key(key, b), (B,) + shape)
+
+    def row(data, key, j, B):
+        del data
+        return normal_row(key, j, B, shape)
+
+    return DataSource(init=lambda key: None, batch=batch, shared=True, batch_size=1,
+                      description=description, block=block, row=row)
 
 
 def fixed(make: Callable[[jax.Array], tuple[Any, ...]], n_data: int, batch_size: int,

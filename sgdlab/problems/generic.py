@@ -52,18 +52,6 @@ def _noisy_quadratic(a) -> Problem:
         w0 = jnp.asarray(a["w0"], jnp.result_type(float))
         return w0 + a["init_scale"] * jax.random.normal(key, (d,), w0.dtype)
 
-    def sample(key, n):
-        del n
-        return jax.random.normal(key, (d,))
-
-    def block(data, key, b, B):  # B steps' ξ in one draw
-        del data
-        return jax.random.normal(data_lib.block_key(key, b), (B, d))
-
-    def row(data, key, j, B):  # row j of that draw alone, from the block key
-        del data
-        return data_lib.normal_row(key, j, B, (d,))
-
     def loss(w, xi, hp):
         return 0.5 * w @ (a["K"] @ w) + (a["L"] @ xi) @ w
 
@@ -72,8 +60,7 @@ def _noisy_quadratic(a) -> Problem:
 
     return Problem(
         name="noisy_quadratic", init=init, loss=loss,
-        data=data_lib.online(sample, 1, "gradient noise ξ ~ N(0, I)")._replace(
-            block=block, row=row),
+        data=data_lib.normal_noise((d,), "gradient noise ξ ~ N(0, I)"),
         risk=risk, observables=vector_observables())
 
 

@@ -304,9 +304,7 @@ def potential_1d(kind: str | Callable = "double-well", *, curvature: float = 1.0
         barrier = float(np.max(U(ws)) - U(-1.0))
     if noise == "gaussian":
         grad_var = noise_var
-        source = data_lib.online(lambda key, n: jax.random.normal(key, (n,)), 1,
-                                 "gradient noise ξ ~ N(0, 1)", iid_rows=True)._replace(
-            row=lambda data, key, j, B: data_lib.normal_row(key, j, B, (1,)))
+        source = data_lib.normal_noise((1,), "gradient noise ξ ~ N(0, 1)")
     else:
         n = positive_int("n_data", n_data, minimum=2)
         idx = indexer(n, batch_size, mode)
