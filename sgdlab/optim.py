@@ -41,7 +41,7 @@ Hyperparameter names of the named optimizers (keys of ``hp``):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax
@@ -268,6 +268,20 @@ class Optimizer:
             d["defaults"] = dict(self.defaults_)
         return d
 
+    # ---- what a compiled program takes as an argument
+    def static_key(self):
+        """What decides the compiled program: everything but the preconditioner's values
+        (only its shape), which a program takes as an argument (:meth:`arrays`). Studies
+        whose optimizers differ only in the matrix run one compiled program."""
+        if self.preconditioner is None:
+            return self
+        return (replace(self, preconditioner=None),
+                ("preconditioner", np.shape(self.preconditioner)))
+
+    def arrays(self) -> np.ndarray | None:
+        """The numbers a program takes as arguments: the preconditioner matrix, or None."""
+        return None if self.preconditioner is None else np.asarray(self.preconditioner)
+
     # ---- the transformation
     def learning_rate(self, hp):
         """The step size: a scalar, or a schedule ``count -> γ`` (count = updates so far)."""
@@ -275,14 +289,16 @@ class Optimizer:
             return self.schedule(hp)
         return SCHEDULE_FNS[self.schedule][0](hp)
 
-    def build(self, hp) -> optax.GradientTransformation:
-        """The optax transformation for one member's hyperparameters ``hp``."""
+    def build(self, hp, arrays=None) -> optax.GradientTransformation:
+        """The optax transformation for one member's hyperparameters ``hp``; ``arrays``:
+        :meth:`arrays` as a program's argument (traced), else the stored values."""
         if self.factory is not None:
             tx = self.factory(hp)
         else:
             tx = OPTIMIZER_FNS[self.name][0](self.learning_rate(hp), hp)
         if self.preconditioner is not None:
-            tx = optax.chain(_precondition(jnp.asarray(self.preconditioner)), tx)
+            P = jnp.asarray(self.preconditioner if arrays is None else arrays)
+            tx = optax.chain(_precondition(P), tx)
         if "weight_decay" in hp and "weight_decay" not in self.reads():
             tx = optax.chain(optax.add_decayed_weights(hp["weight_decay"]), tx)
         return tx

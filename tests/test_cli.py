@@ -369,7 +369,7 @@ def test_human_names_of_studies():
 DRY_RUN_SMOKE = {
     "escape": ["learning_rate=0.3,0.7", "barrier_over_temperature=3", "seeds=40",
                "max_steps=43"],
-    "lzu-minibatch": ["batch_size=2", "learning_rate=0.3", "method=sgd,newton", "seeds=40",
+    "lzu-minibatch": ["batch_size=2,3", "learning_rate=0.3", "method=sgd,newton", "seeds=40",
                       "steps=230", "burn_in=30"],
 }
 
@@ -377,7 +377,8 @@ DRY_RUN_SMOKE = {
 @pytest.mark.parametrize("name", sorted(DRY_RUN_SMOKE))
 def test_dry_run_counts_the_compiles_a_run_traces(name, capsys):
     """--dry-run's compile count is the number of traces the run then adds: studies of the
-    same static structure (escape's learning rates) share one program, others do not."""
+    same static structure (escape's learning rates; lzu-minibatch's methods, whose
+    preconditioners are arguments) share one program, others (another batch size) do not."""
     import re
 
     from sgdlab import engine
@@ -395,7 +396,9 @@ def test_dry_run_counts_the_compiles_a_run_traces(name, capsys):
         assert (planned, n_studies) == (1, 2)
         assert "shared with S1_lr0" in out
     else:
-        assert planned == n_studies >= 2
+        assert (planned, n_studies) == (2, 4)
+        assert "S2_newton" in out and "shared with S2_sgd" in out
+        assert "S3_newton" in out and "shared with S3_sgd" in out
     before = engine.trace_count()
     experiments.run(name, set_strings=DRY_RUN_SMOKE[name], progress=False, log=lambda s: None)
     assert engine.trace_count() - before == planned

@@ -246,6 +246,40 @@ def test_trace_count_moves_with_shapes_not_values():
     assert engine.trace_count() == n + 2
 
 
+def test_a_new_preconditioner_of_the_same_shape_reuses_the_program_and_acts():
+    """The preconditioner is an argument of the program, like a pytree problem's arrays:
+    a second matrix of the same shape compiles nothing, and its numbers reach the
+    program (equal to the same matrix applied by a user's own optax chain, compiled
+    apart), while a matrix of another shape compiles anew."""
+    import optax
+
+    def study(opt, A=None):
+        A = np.diag([1.0, 0.5]) if A is None else A
+        return sl.Study(sl.problems.linear_regression(A, 0.5, 2), opt,
+                        {"learning_rate": [0.1, 0.3], "momentum": 0.5}, steps=25, seeds=3,
+                        observe=sl.Observe(("w",), at=(25,)))
+
+    P = np.array([[1.5, 0.25], [0.25, 0.75]])
+    with jax.enable_x64(True):
+        eye = sl.run(study(sl.Optimizer("momentum", preconditioner=np.eye(2))), progress=False)
+        n = engine.trace_count()
+        ds = sl.run(study(sl.Optimizer("momentum", preconditioner=P)), progress=False)
+        assert engine.trace_count() == n
+
+        def chain(hp):  # P applied by the user's own transformation: another program
+            pre = optax.GradientTransformation(
+                lambda params: optax.EmptyState(),
+                lambda u, s, params=None: (jax.tree_util.tree_map(lambda g: P @ g, u), s))
+            return optax.chain(pre, optax.sgd(hp["learning_rate"], momentum=hp["momentum"]))
+        ref = sl.run(study(sl.Optimizer(chain)), progress=False)
+        assert engine.trace_count() == n + 1
+        np.testing.assert_allclose(ds["w"].values, ref["w"].values, rtol=1e-12, atol=1e-12)
+        assert not np.allclose(ds["w"].values, eye["w"].values)  # the matrix acts
+        sl.run(study(sl.Optimizer("momentum", preconditioner=np.eye(3)), np.eye(3)),
+               progress=False)
+        assert engine.trace_count() == n + 2  # another shape: another program
+
+
 # --------------------------------------------------------------------------- pytree problems
 
 

@@ -168,6 +168,7 @@ class _Program:
         self.data_axis = None if problem.data.shared else 0
         self.record_steps = study.observe.steps_for(study.steps) if study.observe else None
         self.bound = float(study.divergence_bound)
+        self.optimizer_arrays = None  # the optimizer's arrays while a program is traced
         self.init = jit_flat(self._init)
         self.segment = jit_flat(self._segment, donate=(0,))
 
@@ -184,13 +185,16 @@ class _Program:
                 else fp.predicate
 
     def _traced(self, fn, arrays, *args):
-        """Run ``fn`` with the problem bound to ``arrays`` (the program's argument)."""
+        """Run ``fn`` with the problem and the optimizer bound to ``arrays`` (the program's
+        argument: ``(problem arrays, optimizer arrays)``, see :func:`program_inputs`)."""
         concrete = self.study.problem
-        self._use(concrete.bound(arrays))
+        problem_arrays, self.optimizer_arrays = (None, None) if arrays is None else arrays
+        self._use(concrete.bound(problem_arrays))
         try:
             return fn(*args)
         finally:
             self._use(concrete)
+            self.optimizer_arrays = None
 
     # ---- the recording context (what a recorder sees; see sgdlab.engine._recorders)
     @property
@@ -240,7 +244,7 @@ class _Program:
         loss, grads = jax.value_and_grad(self.problem.loss)(ms.params, batch, hp)
         if self.noise:
             grads = jax.tree_util.tree_map(lambda g, z: g + hp["noise_std"] * z, grads, noise)
-        tx = study.optimizer.build(hp)
+        tx = study.optimizer.build(hp, self.optimizer_arrays)
         updates, opt_state = tx.update(grads, ms.opt_state, ms.params)
         params = optax.apply_updates(ms.params, updates)
         ok = jnp.isfinite(loss) & _all_finite(params)
@@ -357,7 +361,7 @@ class _Program:
             batch = problem.data.batch(d, dk, jnp.int32(0))
 
             def per_member(h):
-                opt_state = study.optimizer.build(h).init(p)
+                opt_state = study.optimizer.build(h, self.optimizer_arrays).init(p)
                 if self.track_grad_norm:  # the backward pass only when its norm is read
                     loss, grads = jax.value_and_grad(problem.loss)(p, batch, h)
                     return (p, opt_state, loss, _norm(grads))
@@ -608,30 +612,34 @@ and crash inside the compiler.
 
 
 def _arrays(study: Study):
-    """The problem's arrays as program arguments (None for a closure problem), on the
-    device once. ``jax.device_put`` gives each the dtype and weak type ``jnp.asarray``
-    would, without the small conversion program ``jnp.asarray`` compiles (a few ms per
-    shape and dtype in every new process)."""
+    """``(problem arrays, optimizer arrays)`` as program arguments, on the device once:
+    the problem's (None for a closure problem) and the optimizer's preconditioner (None
+    without one; ``Optimizer.arrays``). ``jax.device_put`` gives each the dtype and weak
+    type ``jnp.asarray`` would, without the small conversion program ``jnp.asarray``
+    compiles (a few ms per shape and dtype in every new process)."""
     problem = study.problem
-    if not problem.is_pytree:
-        return None
-    return jax.tree_util.tree_map(jax.device_put, problem.arrays)
+    problem_arrays = jax.tree_util.tree_map(jax.device_put, problem.arrays) \
+        if problem.is_pytree else None
+    optimizer_arrays = study.optimizer.arrays()
+    return problem_arrays, None if optimizer_arrays is None else \
+        jax.device_put(optimizer_arrays)
 
 
 def program_inputs(study: Study) -> tuple:
     """The arguments every chunk's programs share: ``(hp, arrays, base_seed)``.
 
     The grid's hyperparameters and the base seed are NumPy values (no eager device op
-    per run); the problem's own arrays are device arrays, passed on every call.
+    per run); the problem's and the optimizer's arrays are device arrays, passed on every
+    call.
     """
     hp = {k: np.asarray(v) for k, v in study.flat_hparams().items()}
     return hp, _arrays(study), np.uint32(study.seed)
 
 
 def _static_key(study: Study, chunk_seeds: int, segment_steps: int, devices: int) -> tuple:
-    return (study.problem.static_key(), study.optimizer, study.observe, study.stationary,
-            tuple(_hashable(r) for r in study.recorders), study.first_passage, study.steps,
-            study.divergence_bound, study.keep_init,
+    return (study.problem.static_key(), study.optimizer.static_key(), study.observe,
+            study.stationary, tuple(_hashable(r) for r in study.recorders),
+            study.first_passage, study.steps, study.divergence_bound, study.keep_init,
             study.block, tuple((k, v.shape) for k, v in study.hparams.items()), chunk_seeds,
             segment_steps, devices, float_dtype(), study.resolved_member_layout(),
             data_lib.rows_alone())  # JAX's key settings decide how rows are drawn

@@ -517,8 +517,11 @@ def _studies_minibatch(cfg, seed):
         problem = linear_regression(A, np.sqrt(cfg["label_noise"]), S, reduction="half_mean")
         for method in cfg["method"]:
             # natural gradient: the Fisher of linear regression with unit-variance
-            # Gaussian likelihood is A, so NGD preconditions with A⁻¹ like damped Newton
-            pre = None if method == "sgd" else np.linalg.inv(A)
+            # Gaussian likelihood is A, so NGD preconditions with A⁻¹ like damped Newton;
+            # SGD with the identity (the same numbers: P g with P = I is g exactly), so
+            # that every method of a batch size runs one compiled program (the matrix is
+            # an argument of the program, not part of it)
+            pre = np.eye(len(A)) if method == "sgd" else np.linalg.inv(A)
             studies[f"S{S}_{method}"] = engine.Study(
                 problem, Optimizer("momentum", preconditioner=pre),
                 {"learning_rate": cfg["learning_rate"], "momentum": cfg["momentum"]},
