@@ -224,6 +224,45 @@ def test_relu_derivative_at_zero_is_zero_in_du_network():
     assert float(jnp.abs(g["W"][0]).max()) > 0.0
 
 
+def test_du_layer_choice_is_an_array_one_program_gradient_to_a_only_when_both():
+    """train="W" and train="both" of one width run one compiled program (the choice is a
+    flag among the problem's arrays), and each follows full-batch GD written out in NumPy
+    from the recorded initialization: under W the outer layer a gets no gradient at all."""
+    m, n, d, lr, T = 6, 5, 3, 0.3, 4
+    observe = sl.Observe((("W", lambda o: o.params["W"]), ("a", lambda o: o.params["a"])),
+                         at=(0, T))
+
+    def study(train):
+        return sl.Study(P.du_two_layer(m, n_data=n, dim=d, train=train, labels="teacher"),
+                        sl.Optimizer("sgd"), {"learning_rate": lr}, steps=T, seeds=2,
+                        observe=observe)
+
+    with jax.enable_x64(True):
+        sl.run(study("W"), progress=False)
+        n_traces = engine.trace_count()
+        runs = {"W": sl.run(study("W"), progress=False), "both": sl.run(study("both"),
+                                                                        progress=False)}
+        assert engine.trace_count() == n_traces  # both choices: the one program
+        data = study("W").problem.data.init(KEY)
+        X, y = np.asarray(data["X"]), np.asarray(data["y"])
+        for train, ds in runs.items():
+            Ws = ds["W"].values.reshape(2, 2, m, d)
+            As = ds["a"].values.reshape(2, 2, m)
+            for s in range(2):
+                W, a = Ws[s, 0].copy(), As[s, 0].copy()
+                for _ in range(T):  # L = ½ Σ_i (u_i - y_i)², u = m^-½ Σ_r a_r ReLU(w_r·x)
+                    pre = X @ W.T
+                    r = np.maximum(pre, 0) @ a / math.sqrt(m) - y
+                    gW = ((r[:, None] * (pre > 0)) * a[None, :]).T @ X / math.sqrt(m)
+                    ga = np.maximum(pre, 0).T @ r / math.sqrt(m)
+                    W = W - lr * gW
+                    a = a - lr * ga if train == "both" else a
+                np.testing.assert_allclose(Ws[s, 1], W, rtol=1e-10, atol=1e-12)
+                np.testing.assert_allclose(As[s, 1], a, rtol=1e-10, atol=1e-12)
+            moved = np.abs(As[:, 1] - As[:, 0]).max()
+            assert (moved > 1e-3) if train == "both" else (moved == 0.0)
+
+
 def test_loss_scalings_follow_each_paper():
     # Du et al.: ½ Σ_i (a sum); Hutzenthaler et al.: mean without ½; Gopalani: (1/2n) Σ + λ/2‖W‖²
     du = P.du_two_layer(8, n_data=5, dim=3)

@@ -50,7 +50,9 @@ def du_two_layer(width: int, *, n_data: int = 100, dim: int = 100, X=None, y=Non
     ``train="W"`` keeps ``a`` fixed: it sits in the parameters behind
     ``jax.lax.stop_gradient``, so its gradient is 0 (plain SGD and momentum leave it
     unchanged; injected ``noise_std`` or ``weight_decay`` would move it).
-    ``train="both"`` trains both layers.
+    ``train="both"`` trains both layers. The choice is one of the problem's arrays (a
+    flag that selects between ``a`` and its stopped gradient), so the two choices of one
+    width run one compiled program.
 
     Data (one set for the whole study, from ``data_seed`` unless given): inputs
     uniform on the unit sphere of R^dim; labels N(0, 1) or a teacher (a random
@@ -98,9 +100,9 @@ def du_two_layer(width: int, *, n_data: int = 100, dim: int = 100, X=None, y=Non
     H_inf = theory.du_H_inf(Xn)
     lambda0 = float(np.linalg.eigvalsh(H_inf)[0])
     idx = indexer(n_data, batch_size, mode)
-    arrays = {"X": Xn, "y": yn, "H_inf": H_inf}
+    arrays = {"X": Xn, "y": yn, "H_inf": H_inf, "train_a": np.asarray(train == "both")}
     problem = Problem.from_arrays(functools.partial(
-        _du_two_layer, width=width, dim=dim, train=train, reduction=reduction,
+        _du_two_layer, width=width, dim=dim, reduction=reduction,
         n_data=n_data, batch_size=idx.batch_size, mode=mode), arrays)
     return dataclasses.replace(problem, config={
         "width": width, "n_data": n_data, "dim": dim,
@@ -109,9 +111,10 @@ def du_two_layer(width: int, *, n_data: int = 100, dim: int = 100, X=None, y=Non
         "batch_size": idx.batch_size, "data_seed": data_seed, "lambda0": lambda0})
 
 
-def _du_two_layer(arrays, *, width: int, dim: int, train: str, reduction: str, n_data: int,
+def _du_two_layer(arrays, *, width: int, dim: int, reduction: str, n_data: int,
                   batch_size: int, mode: str) -> Problem:
-    """The functions of :func:`du_two_layer` around its arrays (the data set X, y and H∞)."""
+    """The functions of :func:`du_two_layer` around its arrays (the data set X, y and H∞,
+    and ``train_a``: whether the outer layer is trained)."""
     idx = indexer(n_data, batch_size, mode)
     scale = 1.0 / math.sqrt(width)
 
@@ -121,7 +124,8 @@ def _du_two_layer(arrays, *, width: int, dim: int, train: str, reduction: str, n
         return {"W": W, "a": jax.random.rademacher(ka, (width,), dtype=W.dtype)}
 
     def apply(params, x):
-        a = params["a"] if train == "both" else jax.lax.stop_gradient(params["a"])
+        # the same values either way; the gradient reaches a only where train_a
+        a = jnp.where(arrays["train_a"], params["a"], jax.lax.stop_gradient(params["a"]))
         return models.two_layer_apply(params["W"], a, x, "relu", scale)
 
     def loss(params, b, hp):
@@ -129,7 +133,7 @@ def _du_two_layer(arrays, *, width: int, dim: int, train: str, reduction: str, n
         return losses.squared_error(apply(params, x), yb, reduction)
 
     def data_init(key):
-        return {k: _float(v) for k, v in arrays.items()}
+        return {k: _float(arrays[k]) for k in ("X", "y", "H_inf")}
 
     def batch(data, key, t):
         return idx.batch((data["X"], data["y"]), key, t)
