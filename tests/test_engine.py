@@ -273,6 +273,33 @@ def test_divergence_bound_flags_large_parameters():
     assert np.all(ds.diverged_step.values > 0)
 
 
+def test_step_zero_is_recorded_by_the_segments_code_not_by_a_copy_in_the_init():
+    """With the built-in recorders the first segment records step 0 (its step at t = 0
+    changes no member), so the init program holds no copy of a recorded observable: one
+    copy fewer to compile. The optimized programs show it (an arctangent no other code
+    uses), and a user recorder without ``update_at_step_zero`` brings the copy back."""
+    problem = sl.problems.noisy_quadratic([1.0, 2.0], [1.0, 0.5], w0=1.0)
+    marker = ("marker", lambda o: jnp.sum(jnp.arctan2(o.params, 3.0)))
+
+    def texts(recorders=()):
+        study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": [0.1, 0.2]},
+                         steps=20, seeds=4, observe=sl.Observe((marker,), at=(0, 20)),
+                         recorders=recorders)
+        p = sl.plan(study)
+        prog = compiled_program(study, p.chunk_seeds, p.segment_steps)
+        hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
+        idx, valid = jnp.arange(p.chunk_seeds, dtype=jnp.int32), jnp.ones(p.chunk_seeds, bool)
+        init = prog.init.lower(hp, idx, valid, jnp.uint32(0)).compile().as_text()
+        carry = prog.init(hp, idx, valid, jnp.uint32(0))
+        seg = prog.segment.lower(carry, jnp.int32(0), hp, idx, valid, jnp.uint32(0)) \
+            .compile().as_text()
+        return "atan2" in init, "atan2" in seg
+
+    assert texts() == (False, True)
+    from tests.test_open_engine import StepLog
+    assert texts((StepLog(),)) == (True, True)
+
+
 def test_memory_does_not_grow_with_steps():
     """With statistics only, the compiled program's buffers are the same for 10^3 and 10^5 steps."""
     def footprint(steps):

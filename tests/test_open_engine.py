@@ -668,6 +668,57 @@ def test_user_recorder_works_and_is_bitwise_invariant_to_chunking():
         study(recorders=(object(),))
 
 
+@dataclasses.dataclass(frozen=True)
+class StepLog:
+    """A user recorder: how many times ``update`` saw each step t = 0..steps, per member."""
+
+    name: str = "step_log"
+    update_at_step_zero: bool = False
+
+    def init(self, ctx, members, hp, data, valid):
+        s, g = members.diverged_step.shape[:2]
+        return jnp.zeros((s, g, ctx.study.steps + 1), jnp.int32)
+
+    def update(self, ctx, state, members, hp, data, valid, t):
+        return state + (jnp.arange(ctx.study.steps + 1) == t).astype(jnp.int32)
+
+    def collect(self, ctx, state, members, valid):
+        return np.asarray(state)[valid]
+
+    def merge(self, ctx, parts):
+        return np.concatenate(parts)
+
+    def to_dataset(self, ctx, merged):
+        return {}, {"calls": (ctx.gdims + ("seed", "t"), ctx.grid_first(merged))}
+
+
+def test_update_sees_step_zero_once_only_when_every_recorder_takes_it():
+    """A recorder with ``update_at_step_zero`` gets t = 0 once per member (the first
+    segment's step that changes nothing), whatever the segments and chunks; one without
+    it never does, and then the built-in recorders record step 0 in the init. The
+    records are the same either way."""
+    problem = sl.problems.noisy_quadratic([1.0, 3.0], [1.0, 0.5], w0=[2.0, -1.0])
+    steps = 10
+
+    def study(log, **kw):
+        return sl.Study(problem, sl.Optimizer("momentum"),
+                        {"learning_rate": [0.05, 0.2], "momentum": 0.5}, steps=steps, seeds=5,
+                        block_seeds=1, observe=sl.Observe(("w", "risk"), at=(0, 3, steps)),
+                        recorders=(log,), **kw)
+    with jax.enable_x64(True):
+        old = sl.run(study(StepLog(update_at_step_zero=False)), progress=False)
+        assert (old["calls"].values[..., 0] == 0).all()
+        assert (old["calls"].values[..., 1:] == 1).all()
+        for kw in ({}, {"segment_steps": 3, "chunk_size": 2}):
+            new = sl.run(study(StepLog(update_at_step_zero=True), **kw), progress=False)
+            assert (new["calls"].values == 1).all(), kw
+            for v in ("w", "risk", "risk_mean", "risk_var", "w_mean"):
+                np.testing.assert_allclose(new[v].values, old[v].values, rtol=1e-13,
+                                           atol=1e-15, err_msg=v)
+        np.testing.assert_array_equal(new["w"].values[..., 0, :],
+                                      np.broadcast_to([2.0, -1.0], new["w"].shape[:-2] + (2,)))
+
+
 def test_functions_that_read_the_loss_or_gradient_norm_see_every_steps_value():
     """The engine updates the member state's loss and gradient norm only when a recorded
     function reads them (found from its traced program): a function of ``o.loss`` or

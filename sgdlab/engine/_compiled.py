@@ -168,6 +168,10 @@ class _Program:
         self.data_axis = None if problem.data.shared else 0
         self.record_steps = study.observe.steps_for(study.steps) if study.observe else None
         self.bound = float(study.divergence_bound)
+        # every recorder takes t = 0 in update: the first segment records step 0 (one copy
+        # of the recording code, in the segment, instead of a second one in the init)
+        self.zero_step = bool(self.recorders) and all(
+            getattr(r, "update_at_step_zero", False) for r in self.recorders)
         self.optimizer_arrays = None  # the optimizer's arrays while a program is traced
         self.init = jit_flat(self._init)
         self.segment = jit_flat(self._segment, donate=(0,))
@@ -201,6 +205,11 @@ class _Program:
     def block(self) -> int:
         """Seeds per statistics block."""
         return self.study.block
+
+    @property
+    def update_at_step_zero(self) -> bool:
+        """Whether the first segment calls every recorder's ``update`` at ``t = 0``."""
+        return self.zero_step
 
     def resolve(self, spec, where: str = "recorder"):
         """``(name, fn)`` of an observable name or ``(name, fn)`` pair, for this problem."""
@@ -236,6 +245,8 @@ class _Program:
     def _member_step(self, ms: MemberState, batch, noise, hp, t, data):
         study = self.study
         alive = (ms.diverged_step < 0) & (t <= study.steps)
+        if self.zero_step:  # t = 0 only records (see _segment_body)
+            alive = alive & (t >= 1)
         if self.freeze_on_event:
             if self.event_shape == ():
                 alive = alive & (ms.event_step < 0)
@@ -443,7 +454,13 @@ class _Program:
             return Carry(members, records, data)
 
         S = self.segment_steps
+        # with zero_step the first segment (t0 = 0) starts at t = 0: a step that changes no
+        # member (alive needs t >= 1) and then records step 0 with every other step's code
+        zero = (t0 == 0).astype(jnp.int32)
         if not streams:
+            if self.zero_step:
+                return jax.lax.fori_loop(t0 + 1 - zero, t0 + S + 1,
+                                         lambda t, c: step(c, t, {}), carry)
             ts = t0 + 1 + jnp.arange(S, dtype=jnp.int32)
             carry, _ = jax.lax.scan(lambda c, t: (step(c, t, {}), None), carry, ts)
             return carry
@@ -480,6 +497,8 @@ class _Program:
         def tile(k, c):
             rows, keys = tile_rows(k)
             lo = jnp.maximum(t0 + 1, k * Bm + 1)
+            if self.zero_step:  # t = 0 reads a row it does not use (any row: in bounds)
+                lo = lo - jnp.where(k == 0, zero, 0)
             hi = jnp.minimum(t0 + S, (k + 1) * Bm)
 
             def one(t, c):

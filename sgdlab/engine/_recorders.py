@@ -19,7 +19,13 @@ observable, and on the host ``ctx.gdims``, ``ctx.grid_first(arr)``,
 * ``merge(ctx, parts) -> merged`` (host: the chunks' parts in seed order);
 * ``to_dataset(ctx, merged) -> (coords, data_vars)`` (host: xarray-style dicts);
 * ``spec(ctx, seeds, replicated)`` (optional): the sharding of ``state`` as a pytree
-  prefix of ``seeds`` / ``replicated`` (default: ``seeds`` for the whole state).
+  prefix of ``seeds`` / ``replicated`` (default: ``seeds`` for the whole state);
+* ``update_at_step_zero`` (optional attribute, default False): the recorder's
+  ``update`` also accepts ``t = 0``. When every recorder of a study says so, the run's
+  first segment calls ``update`` once at ``t = 0`` (the initial members, before any
+  step; ``ctx.update_at_step_zero`` is then True), so a record at step 0 comes from the
+  same code as at any other step and ``init`` only allocates: one copy of the recording
+  code in the compiled programs instead of a second one in the init's.
 
 ``members`` is the :class:`~sgdlab.engine.MemberState` with leading axes
 ``[S, G]``. To keep results bitwise independent of chunking and device count, a
@@ -187,6 +193,8 @@ class Observe:
         new_count = _put(state.count, count, state.ptr) if self.stats else state.count
         return ObserveState(state.ptr + 1, values, new_count, means, m2s)
 
+    update_at_step_zero = True  # step 0 is recorded by update when the engine asks
+
     def init(self, ctx, members, hp, data, valid):
         steps = self.steps_for(ctx.study.steps)
         s, g = members.diverged_step.shape[:2]
@@ -200,7 +208,7 @@ class Observe:
                 means[name] = jnp.full((nb, g, r) + v.shape[2:], jnp.nan, v.dtype)
                 m2s[name] = jnp.full((nb, g, r) + v.shape[2:], jnp.nan, v.dtype)
         state = ObserveState(jnp.int32(0), values, jnp.zeros((nb, g, r), jnp.int32), means, m2s)
-        if steps[0] == 0:
+        if steps[0] == 0 and not getattr(ctx, "update_at_step_zero", False):
             state = self._record(ctx, state, members, hp, data, valid, t0)
         return state
 
@@ -282,6 +290,8 @@ class Stationary:
 
     def _fns(self, ctx):
         return dict(ctx.resolve(s, "stationary") for s in self.observables)
+
+    update_at_step_zero = True  # t = 0 is before the burn-in: update leaves the state
 
     def init(self, ctx, members, hp, data, valid):
         s, g = members.diverged_step.shape[:2]
@@ -402,6 +412,7 @@ class FirstPassage:
 
     # ---- the recorder protocol (the steps live in the member state: freezing is dynamics)
     name = "first_passage"
+    update_at_step_zero = True
 
     def init(self, ctx, members, hp, data, valid):
         return None
