@@ -35,6 +35,14 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
+def _like(tree, ref, lead: tuple = ()) -> bool:
+    """Whether ``tree`` has ``ref``'s structure, dtypes and shapes (each with the leading
+    axes ``lead``)."""
+    return jax.tree_util.tree_structure(tree) == jax.tree_util.tree_structure(ref) and all(
+        x.shape == lead + r.shape and x.dtype == r.dtype for x, r in zip(
+            jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(ref), strict=True))
+
+
 def _shapes(tree) -> str:
     leaves = jax.tree_util.tree_leaves(tree)
     if not leaves:
@@ -149,20 +157,14 @@ def check_study(study, event_fn: Callable | None = None,
             f"each, so {B} × those shapes)"
         rows = _abstract(lambda d, k, b: problem.data.block(d, k, b, B),
                          "problem.data.block(data, key, b, B)", want, data, key, int32)
-        same = jax.tree_util.tree_structure(rows) == jax.tree_util.tree_structure(batch) and \
-            all(r.shape == (B,) + b.shape and r.dtype == b.dtype for r, b in zip(
-                jax.tree_util.tree_leaves(rows), jax.tree_util.tree_leaves(batch), strict=True))
-        if not same:
+        if not _like(rows, batch, (B,)):
             _fail("problem.data.block(data, key, b, B)", f"it returned {_shapes(rows)}; it "
                   f"must return {want}")
         if problem.data.row is not None:
             one = _abstract(lambda d, k, j: problem.data.row(d, k, j, B),
                             "problem.data.row(data, key, j, B)",
                             f"one step's batch ({_shapes(batch)})", data, key, int32)
-            if jax.tree_util.tree_structure(one) != jax.tree_util.tree_structure(batch) or \
-                    any(r.shape != b.shape or r.dtype != b.dtype for r, b in zip(
-                        jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(batch),
-                        strict=True)):
+            if not _like(one, batch):
                 _fail("problem.data.row(data, key, j, B)", f"it returned {_shapes(one)}; it "
                       f"must return one step's batch ({_shapes(batch)}), row j of the block")
     loss = _abstract(problem.loss, "problem.loss(params, batch, hp)",

@@ -454,16 +454,12 @@ class _Program:
             return Carry(members, records, data)
 
         S = self.segment_steps
-        # with zero_step the first segment (t0 = 0) starts at t = 0: a step that changes no
-        # member (alive needs t >= 1) and then records step 0 with every other step's code
-        zero = (t0 == 0).astype(jnp.int32)
+        # the segment's first step; with zero_step the first segment (t0 = 0) starts at
+        # t = 0, a step that changes no member (alive needs t >= 1) and then records step 0
+        # with every other step's code
+        first = t0 + 1 - (t0 == 0).astype(t0.dtype) if self.zero_step else t0 + 1
         if not streams:
-            if self.zero_step:
-                return jax.lax.fori_loop(t0 + 1 - zero, t0 + S + 1,
-                                         lambda t, c: step(c, t, {}), carry)
-            ts = t0 + 1 + jnp.arange(S, dtype=jnp.int32)
-            carry, _ = jax.lax.scan(lambda c, t: (step(c, t, {}), None), carry, ts)
-            return carry
+            return jax.lax.fori_loop(first, t0 + S + 1, lambda t, c: step(c, t, {}), carry)
 
         # Tiles of Bm steps (the longest block; every block size is a power of two, so
         # each tile holds whole blocks of every stream): a tile draws its blocks once,
@@ -496,9 +492,9 @@ class _Program:
 
         def tile(k, c):
             rows, keys = tile_rows(k)
-            lo = jnp.maximum(t0 + 1, k * Bm + 1)
-            if self.zero_step:  # t = 0 reads a row it does not use (any row: in bounds)
-                lo = lo - jnp.where(k == 0, zero, 0)
+            # the segment's first tile from its first step (t = 0 reads a row it does not
+            # use: index -1, in bounds), every later tile from its own first step
+            lo = jnp.where(k == t0 // Bm, first, k * Bm + 1)
             hi = jnp.minimum(t0 + S, (k + 1) * Bm)
 
             def one(t, c):
