@@ -13,6 +13,7 @@ from jax.flatten_util import ravel_pytree
 import sgdlab as sl
 from sgdlab import engine
 from sgdlab.engine._compiled import _program as compiled_program  # white-box: the program itself
+from sgdlab.engine._compiled import chunk_seeds, program_inputs
 
 
 def flat_params(o):
@@ -287,17 +288,49 @@ def test_step_zero_is_recorded_by_the_segments_code_not_by_a_copy_in_the_init():
                          recorders=recorders)
         p = sl.plan(study)
         prog = compiled_program(study, p.chunk_seeds, p.segment_steps)
-        hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
-        idx, valid = jnp.arange(p.chunk_seeds, dtype=jnp.int32), jnp.ones(p.chunk_seeds, bool)
-        init = prog.init.lower(hp, idx, valid, jnp.uint32(0)).compile().as_text()
-        carry = prog.init(hp, idx, valid, jnp.uint32(0))
-        seg = prog.segment.lower(carry, jnp.int32(0), hp, idx, valid, jnp.uint32(0)) \
+        hp, _, shared = program_inputs(study)
+        keys, valid = chunk_seeds(study, 0, p.chunk_seeds)
+        init = prog.init.lower(hp, keys, valid, shared).compile().as_text()
+        carry = prog.init(hp, keys, valid, shared)
+        seg = prog.segment.lower(carry, jnp.int32(0), hp, keys, valid, shared) \
             .compile().as_text()
         return "atan2" in init, "atan2" in seg
 
     assert texts() == (False, True)
     from tests.test_open_engine import StepLog
     assert texts((StepLog(),)) == (True, True)
+
+
+def test_member_keys_are_derived_on_the_host_and_no_program_hashes_them():
+    """Every member's keys come from the host (``seed_key_data``, NumPy): the same bits as
+    ``member_keys`` and ``shared_key`` derived by JAX, for seeds and indices up to 2³² − 1
+    and 2³¹ − 1; and the init program hashes only for the problem's own draw (its
+    optimized HLO has as many Threefry rotations as ``vmap(problem.init)`` alone)."""
+    from sgdlab.engine._state import shared_key_data
+
+    rng = np.random.default_rng(3)
+    for seed in (0, 1, 2**32 - 1, *rng.integers(0, 2**32, 3)):
+        idx = np.concatenate([[0, 1, 2**31 - 1], rng.integers(0, 2**31, 5)]).astype(np.int32)
+        want = jax.vmap(lambda i, s: jnp.stack(engine.member_keys(s, i)), (0, None))(
+            idx, np.uint32(seed))
+        got = engine.seed_key_data(seed, idx)
+        assert got.dtype == np.uint32 and got.shape == (idx.size, 3, 2)
+        np.testing.assert_array_equal(got, jax.random.key_data(want))
+        np.testing.assert_array_equal(
+            shared_key_data(seed), jax.random.key_data(engine.shared_key(np.uint32(seed))))
+
+    problem = sl.problems.noisy_quadratic([1.0, 2.0], [1.0, 0.5], w0=1.0)
+    study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": [0.1, 0.2]}, steps=20,
+                     seeds=4, observe=sl.Observe(("risk",), at=(0, 20)))
+    p = sl.plan(study)
+    prog = compiled_program(study, p.chunk_seeds, p.segment_steps)
+    hp, _, shared = program_inputs(study)
+    keys, valid = chunk_seeds(study, 0, p.chunk_seeds)
+    init = prog.init.lower(hp, keys, valid, shared).compile().as_text()
+    draw = jax.jit(jax.vmap(problem.init)).lower(
+        jax.random.wrap_key_data(keys[:, 0])).compile().as_text()
+    assert draw.count("shift-left") > 0
+    assert init.count("shift-left") == draw.count("shift-left")
 
 
 def test_memory_does_not_grow_with_steps():
@@ -310,10 +343,10 @@ def test_memory_does_not_grow_with_steps():
                          stationary=sl.Stationary(("w2",), burn_in=10, members=False))
         p = sl.plan(study)
         prog = compiled_program(study, p.chunk_seeds, p.segment_steps)
-        hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
-        idx, valid = jnp.arange(p.chunk_seeds, dtype=jnp.int32), jnp.ones(p.chunk_seeds, bool)
-        carry = prog.init(hp, idx, valid, jnp.uint32(0))
-        m = prog.segment.lower(carry, jnp.int32(0), hp, idx, valid, jnp.uint32(0)) \
+        hp, _, shared = program_inputs(study)
+        keys, valid = chunk_seeds(study, 0, p.chunk_seeds)
+        carry = prog.init(hp, keys, valid, shared)
+        m = prog.segment.lower(carry, jnp.int32(0), hp, keys, valid, shared) \
             .compile().memory_analysis()
         ds = sl.run(study, progress=False)
         return (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes,
@@ -561,10 +594,10 @@ def test_dry_run_memory_estimate_within_2x_of_the_program_buffers():
     quick = sl.plan(study)
     p = sl.plan(study, measure=True)
     prog = compiled_program(study, p.chunk_seeds, p.segment_steps)
-    hp = {k: jnp.asarray(v) for k, v in study.flat_hparams().items()}
-    idx, valid = jnp.arange(p.chunk_seeds, dtype=jnp.int32), jnp.ones(p.chunk_seeds, bool)
-    carry = prog.init(hp, idx, valid, jnp.uint32(0))
-    m = prog.segment.lower(carry, jnp.int32(0), hp, idx, valid, jnp.uint32(0)) \
+    hp, _, shared = program_inputs(study)
+    keys, valid = chunk_seeds(study, 0, p.chunk_seeds)
+    carry = prog.init(hp, keys, valid, shared)
+    m = prog.segment.lower(carry, jnp.int32(0), hp, keys, valid, shared) \
         .compile().memory_analysis()
     actual = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
     assert actual / 2 <= p.estimated_bytes <= 2 * actual

@@ -12,6 +12,7 @@ import pytest
 from jax.extend.random import threefry_2x32
 
 import sgdlab as sl
+from sgdlab.engine._threefry import host_threefry2x32  # white-box: the host's hash
 
 # Random123's known-answer vectors for Threefry-2x32, 20 rounds: (key, counter, output)
 KAT = [((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
@@ -49,6 +50,8 @@ def test_known_answers(key, count, out):
     direct = jax.jit(sl.engine.threefry2x32)(k[0], k[1], *jnp.asarray(count, jnp.uint32))
     assert [int(v) for v in direct] == list(out)
     assert [int(v) for v in numpy_threefry(*key, *count)] == list(out)
+    host = host_threefry2x32(*key, *count)  # the engine's host copy (member keys)
+    assert [int(v) for v in host] == list(out)
 
 
 def test_equals_an_independent_numpy_hash_with_shared_and_per_element_keys():

@@ -8,7 +8,8 @@ shape) and runs every member through it:
 
 ``jit(scan over steps(vmap over seeds(draw the seed's batch; vmap over grid points(update))))``
 
-* Member keys are ``fold_in(fold_in(key(seed), 0), seed_index)``; from a seed's
+* Member keys are ``fold_in(fold_in(key(seed), 0), seed_index)`` (derived on the host,
+  :func:`seed_key_data`, and passed to the programs); from a seed's
   key come its init key (``fold_in(k, 0)``), data key (``fold_in(k, 1)``) and
   noise key (``fold_in(k, 2)``), and the randomness of step ``t`` is
   ``fold_in(data_key, t)``. A member's trajectory therefore does not depend on the
@@ -42,7 +43,8 @@ keys), ``_compiled`` (the compiled program), ``_layout`` (plan, memory probe,
 sharding), ``_loop`` (the run loop, progress, stop requests, processes),
 ``_checkpoint``, ``_checks`` (friendly errors for user functions, before
 compiling), ``_cache`` (the persistent compilation cache), ``_threefry`` (a CPU
-lowering of JAX's random-number hash that compiles faster, same bits). Provenance helpers
+lowering of JAX's random-number hash that compiles faster, same bits, and the same hash
+in NumPy for the member keys the host derives). Provenance helpers
 live in :mod:`sgdlab.provenance`.
 """
 
@@ -80,6 +82,7 @@ from sgdlab.engine._state import (
     MemberState,
     member_keys,
     noise_block,
+    seed_key_data,
     shared_key,
 )
 from sgdlab.engine._study import Study
@@ -106,6 +109,7 @@ __all__ = ["Study", "Observe", "Stationary", "FirstPassage", "Plan", "StaticPlan
            "Interrupted", "request_stop", "clear_stop", "Progress", "config_diff", "config_json",
            "device_description", "versions", "default_memory_budget", "ObservableSpec",
            "UserFunctionError", "Recorder", "STREAM_VERSION", "noise_block", "tile_steps",
-           "program_key", "barrier", "is_writer", "member_keys", "distributed_requested",
+           "program_key", "barrier", "is_writer", "member_keys", "seed_key_data",
+           "distributed_requested",
            "initialize_distributed", "ObserveState", "StationaryState", "by_seed_groups",
            "member_by_member"]

@@ -23,9 +23,9 @@ from sgdlab.engine._state import (
     _norm,
     _select,
     abstract_key,
-    member_keys,
     noise_block,
-    shared_key,
+    seed_key_data,
+    shared_key_data,
 )
 from sgdlab.engine._study import Study, _builtin_observables, _resolve, float_dtype
 from sgdlab.problems import Observation, Problem
@@ -355,14 +355,14 @@ class _Program:
     def _live(self, members: MemberState, valid):
         return valid[:, None] & (members.diverged_step < 0)
 
-    def _init(self, hp, seed_index, valid, base_seed, arrays=None):
-        return self._traced(self._init_body, arrays, hp, seed_index, valid, base_seed)
+    def _init(self, hp, seed_keys, valid, shared, arrays=None):
+        return self._traced(self._init_body, arrays, hp, seed_keys, valid, shared)
 
-    def _init_body(self, hp, seed_index, valid, base_seed):
+    def _init_body(self, hp, seed_keys, valid, shared):
         study, problem = self.study, self.problem
-        init_k, data_k, _ = jax.vmap(member_keys, in_axes=(None, 0))(base_seed, seed_index)
+        init_k, data_k = _keys(seed_keys, 0), _keys(seed_keys, 1)
         if problem.data.shared:
-            data = problem.data.init(shared_key(base_seed))
+            data = problem.data.init(jax.random.wrap_key_data(shared))
         else:
             data = jax.vmap(problem.data.init)(data_k)
         g = study.n_grid
@@ -385,9 +385,9 @@ class _Program:
         # parameters and data into the step-0 loss and may merge the seeds' products into
         # one, whose rounding then depends on the chunk size (as the segments' does not)
         params_s, data_s = jax.lax.optimization_barrier(
-            (params_s, self._per_seed_data(data, seed_index.shape[0])))
+            (params_s, self._per_seed_data(data, seed_keys.shape[0])))
         params, opt_state, loss, gnorm = jax.vmap(per_seed)(params_s, data_k, data_s)
-        s = seed_index.shape[0]
+        s = seed_keys.shape[0]
         members = MemberState(
             params=params, opt_state=opt_state, loss=loss, grad_norm=gnorm,
             params0=params if self.keep_init else None,
@@ -400,7 +400,7 @@ class _Program:
         records = tuple(r.init(self, members, hp, data, valid) for r in self.recorders)
         return Carry(members, records, data)
 
-    def _segment(self, carry: Carry, t0, hp, seed_index, valid, base_seed, arrays=None,
+    def _segment(self, carry: Carry, t0, hp, seed_keys, valid, shared, arrays=None,
                  n_segments=None):
         """``n_segments`` (traced; default 1) consecutive segments from step ``t0``.
 
@@ -416,20 +416,21 @@ class _Program:
         S = self.segment_steps
 
         def one(i, c):
-            return self._traced(self._segment_body, arrays, c, t0 + i * S, hp, seed_index,
-                                valid, base_seed)
+            return self._traced(self._segment_body, arrays, c, t0 + i * S, hp, seed_keys,
+                                valid, shared)
         return jax.lax.fori_loop(jnp.int32(0), jnp.asarray(n, jnp.int32), one, carry)
 
-    def _segment_body(self, carry: Carry, t0, hp, seed_index, valid, base_seed):
+    def _segment_body(self, carry: Carry, t0, hp, seed_keys, valid, shared):
+        del shared  # data drawn once are in the carry
         problem = self.problem
-        _, data_k, noise_k = jax.vmap(member_keys, in_axes=(None, 0))(base_seed, seed_index)
+        data_k, noise_k = _keys(seed_keys, 1), _keys(seed_keys, 2)
         data = carry.data
 
         def per_seed(ms_g, batch, noise, d, t):
             return jax.vmap(self._member_step, in_axes=(0, None, None, 0, None, None))(
                 ms_g, batch, noise, hp, t, d)
 
-        data_s = self._per_seed_data(data, seed_index.shape[0])
+        data_s = self._per_seed_data(data, seed_keys.shape[0])
         treedef = jax.tree_util.tree_structure(carry.members.params)
         streams: dict[str, _Stream] = {}
         if self.noise:
@@ -641,14 +642,29 @@ def _arrays(study: Study):
 
 
 def program_inputs(study: Study) -> tuple:
-    """The arguments every chunk's programs share: ``(hp, arrays, base_seed)``.
+    """The arguments every chunk's programs share: ``(hp, arrays, shared)``.
 
-    The grid's hyperparameters and the base seed are NumPy values (no eager device op
-    per run); the problem's and the optimizer's arrays are device arrays, passed on every
-    call.
+    The grid's hyperparameters and ``shared``, the key data of what is drawn once per study
+    (:func:`shared_key_data`), are NumPy values (no eager device op per run); the
+    problem's and the optimizer's arrays are device arrays, passed on every call. A
+    chunk's programs also take its seeds' keys (:func:`chunk_seeds`).
     """
     hp = {k: np.asarray(v) for k, v in study.flat_hparams().items()}
-    return hp, _arrays(study), np.uint32(study.seed)
+    return hp, _arrays(study), shared_key_data(study.seed)
+
+
+def chunk_seeds(study: Study, c: int, chunk_seeds: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(seed_keys, valid)`` of chunk ``c``: the key data of its seeds' member keys
+    (:func:`seed_key_data`, ``[chunk_seeds, 3, ...]``) and which of them are real seeds,
+    not padding, as NumPy."""
+    idx = np.arange(c * chunk_seeds, (c + 1) * chunk_seeds)
+    return seed_key_data(study.seed, idx), idx < study.seeds
+
+
+def _keys(seed_keys, i: int):
+    """Key ``i`` (0 init, 1 data, 2 noise) of every seed of a chunk, from the program's
+    ``seed_keys`` argument."""
+    return jax.random.wrap_key_data(seed_keys[:, i])
 
 
 def _static_key(study: Study, chunk_seeds: int, segment_steps: int, devices: int) -> tuple:

@@ -14,6 +14,7 @@ from sgdlab._validate import fail, positive_int
 from sgdlab.engine._compiled import (
     _Program,
     _static_key,
+    chunk_seeds,
     jit_flat,
     program_inputs,
     remember,
@@ -117,14 +118,14 @@ def _shard(prog: _Program, devices: int):
                                           is_leaf=lambda x: isinstance(x, P))
         return jax.device_put(tree, sharding)
 
-    def sharded_init(hp, seed_index, valid, base_seed, arrays=None):
-        return init(put(hp, rep), put(seed_index, seeds), put(valid, seeds), put(base_seed, rep),
+    def sharded_init(hp, seed_keys, valid, shared, arrays=None):
+        return init(put(hp, rep), put(seed_keys, seeds), put(valid, seeds), put(shared, rep),
                     put(arrays, rep))
 
-    def sharded_segment(carry, t0, hp, seed_index, valid, base_seed, arrays=None,
+    def sharded_segment(carry, t0, hp, seed_keys, valid, shared, arrays=None,
                         n_segments=None):
-        return segment(put(carry, carry_spec), put(t0, rep), put(hp, rep), put(seed_index, seeds),
-                       put(valid, seeds), put(base_seed, rep), put(arrays, rep),
+        return segment(put(carry, carry_spec), put(t0, rep), put(hp, rep), put(seed_keys, seeds),
+                       put(valid, seeds), put(shared, rep), put(arrays, rep),
                        put(n_segments, rep))
 
     sharded_init.lower = lambda *a: init.lower(*a)  # for memory analysis / dry runs
@@ -173,11 +174,11 @@ def _probe(study: Study, segment: int) -> tuple[int, float, float]:
     probe chunk of two blocks (compile time hardly depends on the chunk size)."""
     b = study.block
     probe = _Program(study, 2 * b, segment)
-    hp, arrays, base_seed = program_inputs(study)
-    idx, valid = np.zeros(2 * b, np.int32), np.ones(2 * b, bool)
-    carry = jax.eval_shape(probe._init, hp, idx, valid, base_seed, arrays)
+    hp, arrays, shared = program_inputs(study)
+    keys, valid = chunk_seeds(study, 0, 2 * b)
+    carry = jax.eval_shape(probe._init, hp, keys, valid, shared, arrays)
     t0 = time.perf_counter()
-    lowered = probe.segment.lower(carry, np.int32(0), hp, idx, valid, base_seed, arrays)
+    lowered = probe.segment.lower(carry, np.int32(0), hp, keys, valid, shared, arrays)
     t1 = time.perf_counter()
     m = lowered.compile().memory_analysis()
     t2 = time.perf_counter()
@@ -201,9 +202,8 @@ def _quick_bytes_per_seed(study: Study, segment: int) -> int:
 def _bytes_per_seed(study: Study, segment: int) -> int:
     b = study.block
     probe = _Program(study, b, segment)
-    hp, arrays, base_seed = program_inputs(study)
-    carry = jax.eval_shape(probe._init, hp, np.zeros(b, np.int32), np.ones(b, bool), base_seed,
-                           arrays)
+    hp, arrays, shared = program_inputs(study)
+    carry = jax.eval_shape(probe._init, hp, *chunk_seeds(study, 0, b), shared, arrays)
     per_seed = (3 * _tree_bytes(carry.members) + _tree_bytes(carry.records)) / b
     shared = study.problem.data.shared
     per_seed += _tree_bytes(carry.data) / (1 if shared else b)  # shared data broadcast per seed

@@ -18,18 +18,12 @@ from sgdlab._gc import frozen_during
 from sgdlab._progress import Progress
 from sgdlab._validate import fail
 from sgdlab.engine._checkpoint import Checkpoint, ChunkStore
-from sgdlab.engine._compiled import _Program, _program, program_inputs
+from sgdlab.engine._compiled import _Program, _program, chunk_seeds, program_inputs
 from sgdlab.engine._distributed import Coordination
 from sgdlab.engine._layout import Plan, plan
 from sgdlab.engine._state import STREAM_VERSION, Carry
 from sgdlab.engine._study import Study
 from sgdlab.provenance import config_diff, config_json
-
-
-def _seeds_of(c: int, chunk_seeds: int, seeds: int) -> tuple[np.ndarray, np.ndarray]:
-    """Chunk ``c``'s global seed indices (int32) and which of them are real seeds, as NumPy."""
-    idx = np.arange(c * chunk_seeds, (c + 1) * chunk_seeds)
-    return idx.astype(np.int32), idx < seeds
 
 
 class Interrupted(Exception):
@@ -97,7 +91,7 @@ class _Pacer:
         """Run a chunk's segments ``first..segments-1`` in calls; after each call yield
         ``(carry, the last segment it ran, how many it ran)``. ``base_step`` is the
         chunk's first global step (``chunk * steps``), ``args`` the program's other
-        arguments (``hp, seed_index, valid, base_seed, arrays``)."""
+        arguments (``hp, seed_keys, valid, shared, arrays``)."""
         seg = first
         while seg < segments:
             k = self.count(segments - seg, base_step + seg * self.segment_steps)
@@ -176,7 +170,7 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
             devices = 1
     p = plan(study, chunk_size, memory_budget, devices)
     prog = _program(study, p.chunk_seeds, p.segment_steps, p.devices)
-    hp, arrays, base_seed = program_inputs(study)
+    hp, arrays, shared = program_inputs(study)
     chunks: list[dict] = []
     start_chunk, start_seg, carry0 = 0, 0, None
     if state is not None:
@@ -185,8 +179,7 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
         start_chunk, start_seg = meta["chunk"], meta["segment"]
         if leaves:
             template = jax.eval_shape(  # the raw init: its jitted form is top-level only
-                prog._init, hp, np.zeros(p.chunk_seeds, np.int32), np.ones(p.chunk_seeds, bool),
-                base_seed, arrays)
+                prog._init, hp, *chunk_seeds(study, 0, p.chunk_seeds), shared, arrays)
             carry0 = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
                                                   [jnp.asarray(x) for x in leaves])
     total = p.chunks * p.segments
@@ -205,16 +198,16 @@ def run(study: Study, *, progress: bool = True, chunk_size: int | None = None,
     pacer = _Pacer(ckpt, p.segment_steps)
     nproc = jax.process_count()
     if nproc > 1:
-        chunks = _run_multiprocess(prog, p, hp, base_seed, bar, study.seeds, arrays)
+        chunks = _run_multiprocess(prog, p, hp, shared, bar, arrays)
     for c in range(start_chunk, p.chunks if nproc == 1 else 0):
-        seed_index, valid = _seeds_of(c, p.chunk_seeds, study.seeds)
+        seed_keys, valid = chunk_seeds(study, c, p.chunk_seeds)
         if carry0 is not None and c == start_chunk:
             carry, first = carry0, start_seg
         else:
-            carry, first = prog.init(hp, seed_index, valid, base_seed, arrays), 0
+            carry, first = prog.init(hp, seed_keys, valid, shared, arrays), 0
         start = carry
         for carry, seg, k in pacer.calls(prog, start, first, p.segments, c * study.steps,
-                                         (hp, seed_index, valid, base_seed, arrays)):
+                                         (hp, seed_keys, valid, shared, arrays)):
             bar.tick(k, f"chunk {c + 1}/{p.chunks}")
             last = seg + 1 == p.segments
             if _STOP["requested"]:
@@ -354,7 +347,7 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
     store = ChunkStore(ckpt.path)
     p, info = _start(study, ckpt, store, co, config, chunk_size, memory_budget, devices)
     prog = _program(study, p.chunk_seeds, p.segment_steps, p.devices)
-    hp, arrays, base_seed = program_inputs(study)
+    hp, arrays, shared = program_inputs(study)
     chash = hashlib.sha256(config_json(study).encode()).hexdigest()[:16]
     part_meta = {"config": chash, "stream": STREAM_VERSION}
     done = set(info.get("done", ()))
@@ -386,7 +379,7 @@ def _run_chunked(study: Study, ckpt: Checkpoint, config: dict, *, progress: bool
 
     try:
         _work_chunks(_ChunkRun(study, prog, p, store, ckpt, co, pacer, bar, config, part_meta,
-                               (hp, arrays, base_seed), stop_seen, stop), mine, carries)
+                               (hp, arrays, shared), stop_seen, stop), mine, carries)
     except Interrupted:
         raise
     except BaseException as e:  # the others must not wait for this process's chunks
@@ -440,7 +433,7 @@ class _ChunkRun:
     bar: Progress
     config: dict
     part_meta: dict  # written with every carry and chunk (config hash, stream version)
-    inputs: tuple  # (hp, arrays, base_seed): the traced inputs of every chunk
+    inputs: tuple  # (hp, arrays, shared): the traced inputs of every chunk
     stop_seen: Callable[[], bool]
     stop: Callable[[str], bool]
 
@@ -448,15 +441,14 @@ class _ChunkRun:
 def _work_chunks(r: _ChunkRun, mine: list[int], carries: dict[int, int]):
     """Run this process's chunks (``mine``), from their checkpointed segment in ``carries``."""
     study, prog, p, co = r.study, r.prog, r.p, r.co
-    hp, arrays, base_seed = r.inputs
+    hp, arrays, shared = r.inputs
     template = None
     for c in mine:
-        seed_index, valid = _seeds_of(c, p.chunk_seeds, study.seeds)
+        seed_keys, valid = chunk_seeds(study, c, p.chunk_seeds)
         first = carries.get(c, 0)
         if first:
             if template is None:
-                template = jax.eval_shape(prog._init, hp, seed_index, valid, base_seed,
-                                          arrays)
+                template = jax.eval_shape(prog._init, hp, seed_keys, valid, shared, arrays)
             meta, leaves = r.store.read_carry(c)
             if meta.get("config") != r.part_meta["config"] or meta["segment"] != first:
                 fail("checkpoint", r.store.dir,
@@ -464,10 +456,10 @@ def _work_chunks(r: _ChunkRun, mine: list[int], carries: dict[int, int]):
             carry = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
                                                  [jnp.asarray(x) for x in leaves])
         else:
-            carry = prog.init(hp, seed_index, valid, base_seed, arrays)
+            carry = prog.init(hp, seed_keys, valid, shared, arrays)
         start = carry
         for carry, seg, k in r.pacer.calls(prog, start, first, p.segments, c * study.steps,
-                                           (hp, seed_index, valid, base_seed, arrays)):
+                                           (hp, seed_keys, valid, shared, arrays)):
             r.bar.tick(k, f"chunk {c + 1}/{p.chunks}, process {co.pid + 1}/{co.nproc}")
             if seg + 1 == p.segments:
                 r.store.write_chunk(c, _collect(prog, carry, valid), r.part_meta)
@@ -518,8 +510,7 @@ def _run_static(study: Study, checkpoint=None, label: str = "sgdlab", **kw):
     return out
 
 
-def _run_multiprocess(prog: _Program, p: Plan, hp, base_seed, bar: Progress, seeds: int,
-                      arrays=None):
+def _run_multiprocess(prog: _Program, p: Plan, hp, shared, bar: Progress, arrays=None):
     """Chunks round-robin over ``jax.process_count()`` processes (``jax.distributed``).
 
     Process ``q`` runs chunks ``q, q + P, q + 2P, ...`` on its local devices; after
@@ -535,10 +526,10 @@ def _run_multiprocess(prog: _Program, p: Plan, hp, base_seed, bar: Progress, see
     bar.total = -(-p.chunks // nproc) * p.segments
     for r in range(-(-p.chunks // nproc)):
         c = r * nproc + pid  # may be past the last chunk: then all its seeds are padding
-        seed_index, valid = _seeds_of(c, p.chunk_seeds, seeds)
-        carry = prog.init(hp, seed_index, valid, base_seed, arrays)
+        seed_keys, valid = chunk_seeds(prog.study, c, p.chunk_seeds)
+        carry = prog.init(hp, seed_keys, valid, shared, arrays)
         for done, _, k in pacer.calls(prog, carry, 0, p.segments, 0,
-                                      (hp, seed_index, valid, base_seed, arrays)):
+                                      (hp, seed_keys, valid, shared, arrays)):
             carry = done
             bar.tick(k, f"round {r + 1}, process {pid + 1}/{nproc}")
         leaves, treedef = jax.tree_util.tree_flatten(jax.device_get(carry))
@@ -549,7 +540,7 @@ def _run_multiprocess(prog: _Program, p: Plan, hp, base_seed, bar: Progress, see
             if cq < p.chunks:
                 idx_q = np.arange(cq * p.chunk_seeds, (cq + 1) * p.chunk_seeds)
                 carry_q = jax.tree_util.tree_unflatten(treedef, [g[q] for g in gathered])
-                chunks.append(_collect(prog, carry_q, idx_q < seeds))
+                chunks.append(_collect(prog, carry_q, idx_q < prog.study.seeds))
     return chunks
 
 

@@ -7,8 +7,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sgdlab import data as data_lib
+from sgdlab.engine._threefry import host_threefry2x32
 
 
 class MemberState(NamedTuple):
@@ -89,6 +91,54 @@ def member_keys(base_seed, seed_index):
     root = jax.random.key(base_seed)
     k = jax.random.fold_in(jax.random.fold_in(root, 0), seed_index)
     return jax.random.fold_in(k, 0), jax.random.fold_in(k, 1), jax.random.fold_in(k, 2)
+
+
+def seed_key_data(base_seed, seed_index) -> np.ndarray:
+    """The key data of every seed's :func:`member_keys`, derived on the host.
+
+    ``[S, 3, *key shape]`` (uint32) for the ``S`` seed indices: index 0, 1, 2 along
+    the second axis are the init, data and noise keys, the same bits as
+    ``jax.random.key_data(member_keys(base_seed, i))``. The programs take them as an
+    argument (``jax.random.wrap_key_data``), so none compiles the key derivation (five
+    hashes in every init and segment program before; benchmarks/RESULTS.md): with JAX's
+    default Threefry keys they are hashed in NumPy, with another key implementation JAX
+    derives them.
+    """
+    idx = np.asarray(seed_index)
+    if not _host_keys():
+        return np.asarray(_device_seed_key_data(np.uint32(base_seed), idx.astype(np.int32)))
+    k = _host_fold_in(_host_fold_in(_host_key(base_seed), 0), idx.astype(np.uint32))
+    return np.stack([_host_fold_in(k, i) for i in range(3)], axis=-2)
+
+
+def shared_key_data(base_seed) -> np.ndarray:
+    """The key data of :func:`shared_key` (uint32, the key's shape), on the host."""
+    if not _host_keys():
+        return np.asarray(jax.random.key_data(shared_key(np.uint32(base_seed))))
+    return _host_fold_in(_host_key(base_seed), 1)
+
+
+def _host_keys() -> bool:
+    return jax.config.jax_default_prng_impl == "threefry2x32"
+
+
+def _host_key(seed) -> np.ndarray:
+    """``key_data(key(seed))`` of a 32-bit seed: the words ``(0, seed)``."""
+    return np.array([0, np.uint32(seed)], np.uint32)
+
+
+def _host_fold_in(key: np.ndarray, data) -> np.ndarray:
+    """``key_data(fold_in(key, data))``: the hash of the counter ``(0, data)`` under the
+    key's two words (``key`` ``[..., 2]``, ``data`` broadcast against ``key[..., 0]``)."""
+    data = np.asarray(data, np.uint32)
+    a, b = host_threefry2x32(key[..., 0], key[..., 1], np.zeros_like(data), data)
+    return np.stack([a, b], axis=-1)
+
+
+@jax.jit
+def _device_seed_key_data(base_seed, seed_index):
+    keys = jax.vmap(member_keys, in_axes=(None, 0))(base_seed, seed_index)
+    return jax.random.key_data(jnp.stack(keys, axis=1))
 
 
 @functools.cache

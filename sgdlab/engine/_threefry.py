@@ -17,6 +17,10 @@ JAX's own); other platforms keep theirs. Registration is process-wide: it change
 every later ``jax.random`` program on the CPU is compiled, never what it computes
 (``tests/test_threefry.py`` checks the published test vectors, an independent NumPy
 hash, and JAX's own lowering).
+
+:func:`host_threefry2x32` is the same hash in NumPy, for the few keys the host derives
+before a program runs (every member's keys, :func:`sgdlab.engine.seed_key_data`), so that
+no program compiles the hashing of its keys.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.interpreters import mlir
 
 try:  # jax.extend.random exports the primitive; without it JAX's own lowering stays
@@ -77,6 +82,30 @@ def threefry2x32(k1, k2, x1, x2):
             return pack(a + ka, b + kb + n.astype(u))
 
         return unpack(jax.lax.fori_loop(jnp.int32(0), jnp.int32(5), four_rounds, y))
+
+
+def host_threefry2x32(k1, k2, x1, x2):
+    """:func:`threefry2x32` in NumPy (uint32 words, broadcast together), on the host.
+
+    The same loop: five iterations of four rounds, each followed by a key injection.
+    The words are held as 1-d arrays, whose uint32 arithmetic wraps around silently (no
+    ``np.errstate``: entering one replaces NumPy's error state, which would free objects
+    a caller's ``gc.freeze()`` holds).
+    """
+    u = np.uint32
+    k1, k2, x1, x2 = np.broadcast_arrays(*(np.asarray(v, u) for v in (k1, k2, x1, x2)))
+    shape = k1.shape
+    k1, k2, x1, x2 = (v.reshape(-1) for v in (k1, k2, x1, x2))
+    ks = (k1, k2, k1 ^ k2 ^ u(_PARITY))
+    a, b = x1 + ks[0], x2 + ks[1]
+    for i in range(5):
+        for rotation in _ROTATIONS:
+            d = u(rotation[i & 1])
+            a = a + b
+            b = a ^ ((b << d) | (b >> (u(32) - d)))
+        n = i + 1
+        a, b = a + ks[n % 3], b + ks[(n + 1) % 3] + u(n)
+    return a.reshape(shape), b.reshape(shape)
 
 
 _INSTALLED = False
