@@ -301,14 +301,17 @@ def test_step_zero_is_recorded_by_the_segments_code_not_by_a_copy_in_the_init():
     assert texts((StepLog(),)) == (True, True)
 
 
-def test_member_keys_are_derived_on_the_host_and_no_program_hashes_them():
-    """Every member's keys come from the host (``seed_key_data``, NumPy): the same bits as
-    ``member_keys`` and ``shared_key`` derived by JAX, for seeds and indices up to 2³² − 1
-    and 2³¹ − 1; and the init program hashes only for the problem's own draw (its
-    optimized HLO has as many Threefry rotations as ``vmap(problem.init)`` alone)."""
+def test_member_keys_are_derived_on_the_host_and_no_program_hashes_them(monkeypatch):
+    """Every member's keys come from the host (``seed_key_data``, NumPy, in blocks of seeds):
+    the same bits as ``member_keys`` and ``shared_key`` derived by JAX, for seeds and
+    indices up to 2³² − 1 and 2³¹ − 1; and the init program hashes only for the problem's
+    own draw (its optimized HLO has as many Threefry rotations as ``vmap(problem.init)``
+    alone)."""
+    from sgdlab.engine import _state
     from sgdlab.engine._state import shared_key_data
 
     rng = np.random.default_rng(3)
+    monkeypatch.setattr(_state, "_HOST_BLOCK", 3)  # blocks of 3, 3 and 2 seeds
     for seed in (0, 1, 2**32 - 1, *rng.integers(0, 2**32, 3)):
         idx = np.concatenate([[0, 1, 2**31 - 1], rng.integers(0, 2**31, 5)]).astype(np.int32)
         want = jax.vmap(lambda i, s: jnp.stack(engine.member_keys(s, i)), (0, None))(
