@@ -653,11 +653,11 @@ def program_inputs(study: Study) -> tuple:
     return hp, _arrays(study), shared_key_data(study.seed)
 
 
-def chunk_seeds(study: Study, c: int, chunk_seeds: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(seed_keys, valid)`` of chunk ``c``: the key data of its seeds' member keys
-    (:func:`seed_key_data`, ``[chunk_seeds, 3, ...]``) and which of them are real seeds,
-    not padding, as NumPy."""
-    idx = np.arange(c * chunk_seeds, (c + 1) * chunk_seeds)
+def chunk_seeds(study: Study, c: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(seed_keys, valid)`` of chunk ``c`` of ``size`` seeds: the key data of its seeds'
+    member keys (:func:`seed_key_data`, ``[size, 3, ...]``) and which of them are real
+    seeds, not padding, as NumPy."""
+    idx = np.arange(c * size, (c + 1) * size)
     return seed_key_data(study.seed, idx), idx < study.seeds
 
 
