@@ -23,8 +23,8 @@ from sgdlab.engine._state import (
     _norm,
     _select,
     abstract_key,
+    chunk_key_data,
     noise_block,
-    seed_key_data,
     shared_key_data,
 )
 from sgdlab.engine._study import Study, _builtin_observables, _resolve, float_dtype
@@ -655,10 +655,10 @@ def program_inputs(study: Study) -> tuple:
 
 def chunk_seeds(study: Study, c: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """``(seed_keys, valid)`` of chunk ``c`` of ``size`` seeds: the key data of its seeds'
-    member keys (:func:`seed_key_data`, ``[size, 3, ...]``) and which of them are real
+    member keys (:func:`chunk_key_data`, ``[size, 3, ...]``) and which of them are real
     seeds, not padding, as NumPy."""
-    idx = np.arange(c * size, (c + 1) * size)
-    return seed_key_data(study.seed, idx), idx < study.seeds
+    return chunk_key_data(study.seed, c * size, size), np.arange(c * size, (c + 1) * size) \
+        < study.seeds
 
 
 def _keys(seed_keys, i: int):
