@@ -321,6 +321,10 @@ def test_member_keys_are_derived_on_the_host_and_no_program_hashes_them(monkeypa
         np.testing.assert_array_equal(got, jax.random.key_data(want))
         np.testing.assert_array_equal(
             shared_key_data(seed), jax.random.key_data(engine.shared_key(np.uint32(seed))))
+        for size in (5, 5000):  # a kept chunk and one hashed anew
+            chunk = _state.chunk_key_data(seed, 7, size)
+            assert not chunk.flags.writeable
+            np.testing.assert_array_equal(chunk, engine.seed_key_data(seed, np.arange(7, 7 + size)))
 
     problem = sl.problems.noisy_quadratic([1.0, 2.0], [1.0, 0.5], w0=1.0)
     study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": [0.1, 0.2]}, steps=20,
