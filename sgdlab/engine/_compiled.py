@@ -655,10 +655,13 @@ def program_inputs(study: Study) -> tuple:
 
 def chunk_seeds(study: Study, c: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """``(seed_keys, valid)`` of chunk ``c`` of ``size`` seeds: the key data of its seeds'
-    member keys (:func:`chunk_key_data`, ``[size, 3, ...]``) and which of them are real
-    seeds, not padding, as NumPy."""
-    return chunk_key_data(study.seed, c * size, size), np.arange(c * size, (c + 1) * size) \
-        < study.seeds
+    member keys (:func:`chunk_key_data`, ``[size, 3, ...]``) and :func:`chunk_valid`."""
+    return chunk_key_data(study.seed, c * size, size), chunk_valid(study, c, size)
+
+
+def chunk_valid(study: Study, c: int, size: int) -> np.ndarray:
+    """Which seeds of chunk ``c`` of ``size`` seeds are real seeds, not padding (NumPy)."""
+    return np.arange(c * size, (c + 1) * size) < study.seeds
 
 
 def _keys(seed_keys, i: int):

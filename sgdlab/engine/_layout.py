@@ -202,8 +202,8 @@ def _quick_bytes_per_seed(study: Study, segment: int) -> int:
 def _bytes_per_seed(study: Study, segment: int) -> int:
     b = study.block
     probe = _Program(study, b, segment)
-    hp, arrays, shared = program_inputs(study)
-    carry = jax.eval_shape(probe._init, hp, *chunk_seeds(study, 0, b), shared, arrays)
+    hp, arrays, shared_key = program_inputs(study)
+    carry = jax.eval_shape(probe._init, hp, *chunk_seeds(study, 0, b), shared_key, arrays)
     per_seed = (3 * _tree_bytes(carry.members) + _tree_bytes(carry.records)) / b
     shared = study.problem.data.shared
     per_seed += _tree_bytes(carry.data) / (1 if shared else b)  # shared data broadcast per seed

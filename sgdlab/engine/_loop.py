@@ -18,7 +18,13 @@ from sgdlab._gc import frozen_during
 from sgdlab._progress import Progress
 from sgdlab._validate import fail
 from sgdlab.engine._checkpoint import Checkpoint, ChunkStore
-from sgdlab.engine._compiled import _Program, _program, chunk_seeds, program_inputs
+from sgdlab.engine._compiled import (
+    _Program,
+    _program,
+    chunk_seeds,
+    chunk_valid,
+    program_inputs,
+)
 from sgdlab.engine._distributed import Coordination
 from sgdlab.engine._layout import Plan, plan
 from sgdlab.engine._state import STREAM_VERSION, Carry
@@ -538,9 +544,8 @@ def _run_multiprocess(prog: _Program, p: Plan, hp, shared, bar: Progress, arrays
         for q in range(nproc):
             cq = r * nproc + q
             if cq < p.chunks:
-                idx_q = np.arange(cq * p.chunk_seeds, (cq + 1) * p.chunk_seeds)
                 carry_q = jax.tree_util.tree_unflatten(treedef, [g[q] for g in gathered])
-                chunks.append(_collect(prog, carry_q, idx_q < prog.study.seeds))
+                chunks.append(_collect(prog, carry_q, chunk_valid(prog.study, cq, p.chunk_seeds)))
     return chunks
 
 

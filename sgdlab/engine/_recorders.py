@@ -208,7 +208,7 @@ class Observe:
                 means[name] = jnp.full((nb, g, r) + v.shape[2:], jnp.nan, v.dtype)
                 m2s[name] = jnp.full((nb, g, r) + v.shape[2:], jnp.nan, v.dtype)
         state = ObserveState(jnp.int32(0), values, jnp.zeros((nb, g, r), jnp.int32), means, m2s)
-        if steps[0] == 0 and not getattr(ctx, "update_at_step_zero", False):
+        if steps[0] == 0 and not ctx.update_at_step_zero:
             state = self._record(ctx, state, members, hp, data, valid, t0)
         return state
 

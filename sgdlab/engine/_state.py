@@ -107,7 +107,7 @@ def seed_key_data(base_seed, seed_index) -> np.ndarray:
     idx = np.asarray(seed_index)
     if not _host_keys():
         return np.asarray(_device_seed_key_data(np.uint32(base_seed), idx.astype(np.int32)))
-    root = _host_root(int(np.uint32(base_seed)))
+    root = _host_fold_in(_host_key(base_seed), 0)
     out = np.empty(idx.shape + (3, 2), np.uint32)
     flat_idx, flat_out = idx.reshape(-1).astype(np.uint32), out.reshape(-1, 3, 2)
     which = np.arange(3, dtype=np.uint32)
@@ -126,11 +126,9 @@ def chunk_key_data(base_seed, start: int, size: int) -> np.ndarray:
     """:func:`seed_key_data` of the seed indices ``start .. start + size - 1`` (a chunk),
     read-only. Small chunks are kept (a rerun of a small study does not hash again:
     about 0.2 ms of a 4 ms run of 8 members)."""
-    if size > _KEPT_CHUNK or not _host_keys():
-        out = seed_key_data(base_seed, np.arange(start, start + size))
-        out.flags.writeable = False
-        return out
-    return _kept_chunk(int(np.uint32(base_seed)), int(start), int(size))
+    if size <= _KEPT_CHUNK and _host_keys():
+        return _kept_chunk(int(np.uint32(base_seed)), int(start), int(size))
+    return _read_only(seed_key_data(base_seed, np.arange(start, start + size)))
 
 
 _KEPT_CHUNK = 4096
@@ -139,9 +137,7 @@ _KEPT_CHUNK = 4096
 
 @functools.lru_cache(maxsize=64)
 def _kept_chunk(seed: int, start: int, size: int) -> np.ndarray:
-    out = seed_key_data(seed, np.arange(start, start + size))
-    out.flags.writeable = False
-    return out
+    return _read_only(seed_key_data(seed, np.arange(start, start + size)))
 
 
 def shared_key_data(base_seed) -> np.ndarray:
@@ -154,17 +150,13 @@ def shared_key_data(base_seed) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def _host_shared(seed: int) -> np.ndarray:
-    out = _host_fold_in(_host_key(seed), 1)
-    out.flags.writeable = False
-    return out
+    return _read_only(_host_fold_in(_host_key(seed), 1))
 
 
-@functools.lru_cache(maxsize=64)
-def _host_root(seed: int) -> np.ndarray:
-    """``key_data(fold_in(key(seed), 0))``, the root of every member key of a seed."""
-    root = _host_fold_in(_host_key(seed), 0)
-    root.flags.writeable = False
-    return root
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    """``arr``, no longer writeable (a kept array is handed to every caller)."""
+    arr.flags.writeable = False
+    return arr
 
 
 def _host_keys() -> bool:
