@@ -340,6 +340,42 @@ def test_member_keys_are_derived_on_the_host_and_no_program_hashes_them(monkeypa
     assert init.count("shift-left") == draw.count("shift-left")
 
 
+def test_observe_writes_one_buffer_per_dtype_whatever_the_number_of_observables():
+    """``Observe`` packs the observables of one dtype into one buffer per kind (member
+    values, block means, block M2): the segment program's in-place writes do not grow with
+    the number of observables (XLA:CPU compiles each write into its own kernel), and each
+    observable comes back with its own shape and values."""
+    problem = sl.problems.noisy_quadratic([1.0, 2.0], [1.0, 0.5], w0=1.0)
+
+    def study(observables):
+        return sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": [0.1, 0.2]}, steps=12,
+                        seeds=4, observe=sl.Observe(observables, at=(0, 3, 12)))
+
+    def writes(st):
+        p = sl.plan(st)
+        prog = compiled_program(st, p.chunk_seeds, p.segment_steps)
+        hp, _, shared = program_inputs(st)
+        keys, valid = chunk_seeds(st, 0, p.chunk_seeds)
+        carry = jax.eval_shape(prog._init, hp, keys, valid, shared)
+        text = prog.segment.lower(carry, jnp.int32(0), hp, keys, valid, shared) \
+            .compile().as_text()
+        return text.count("dynamic-update-slice(")
+
+    many = ("risk", "loss", "distance", "param_norm", "w", ("w_outer", lambda o: jnp.outer(
+        o.params, o.params)))
+    assert writes(study(many)) == writes(study(("risk",)))
+    ds = sl.run(study(many), progress=False)
+    assert ds["w"].shape[-1] == 2 and ds["w_outer"].shape[-2:] == (2, 2)
+    np.testing.assert_allclose(ds["w_outer"].values,
+                               ds["w"].values[..., :, None] * ds["w"].values[..., None, :],
+                               rtol=1e-6)
+    np.testing.assert_allclose(ds["param_norm"].values,
+                               np.linalg.norm(ds["w"].values, axis=-1), rtol=1e-6)
+    np.testing.assert_allclose(ds["w_mean"].values, ds["w"].mean("seed").values, rtol=1e-5)
+    np.testing.assert_allclose(ds["risk_var"].values, ds["risk"].var("seed", ddof=1).values,
+                               rtol=1e-4)
+
+
 def test_memory_does_not_grow_with_steps():
     """With statistics only, the compiled program's buffers are the same for 10^3 and 10^5 steps."""
     def footprint(steps):

@@ -49,9 +49,10 @@ def clear_stop() -> None:
     _STOP["requested"] = False
 
 
-CHECKPOINT_LAYOUT = 3
+CHECKPOINT_LAYOUT = 4
 """How finished chunks and the carried state are stored in a checkpoint (2: one part per
-recorder, by name; 3: ``Stationary`` also carries the running sum of its open batch)."""
+recorder, by name; 3: ``Stationary`` also carries the running sum of its open batch; 4:
+``Observe`` carries its observables packed into one buffer per dtype)."""
 
 PACE_S = 1.0
 """Wall time one call of the segment program aims at (see :class:`_Pacer`)."""

@@ -39,6 +39,8 @@ the dynamics).
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -71,11 +73,45 @@ class Recorder(Protocol):
 
 
 class ObserveState(NamedTuple):
+    """:class:`Observe`'s carried state. The observables of one dtype share buffers,
+    so that a record is one in-place write per buffer, not one per observable: each
+    dict maps a pack's key (JSON ``[[name, per-member shape], ...]``) to
+    ``[..., R, F]``, ``F`` the pack's flattened per-member values (:func:`_packs`)."""
+
     ptr: jnp.ndarray            # int32 scalar: next record index
-    values: dict                # name -> [S, G, R, ...] (members) or {}
+    values: dict                # pack -> [S, G, R, F] (members) or {}
     count: jnp.ndarray          # [S/B, G, R] live members counted, per block of B seeds
-    mean: dict                  # name -> [S/B, G, R, ...]
-    m2: dict                    # name -> [S/B, G, R, ...]
+    mean: dict                  # pack -> [S/B, G, R, F]
+    m2: dict                    # pack -> [S/B, G, R, F]
+
+
+def _packs(values: dict) -> dict[str, list[str]]:
+    """The names of ``values`` (name -> ``[S, G, *e]``) packed by dtype, in order of
+    first appearance: ``{JSON [[name, e], ...]: names}``."""
+    packs: dict = {}
+    for name, v in values.items():
+        packs.setdefault(jnp.dtype(v.dtype), []).append(name)
+    return {json.dumps([[n, list(values[n].shape[2:])] for n in names]): names
+            for names in packs.values()}
+
+
+def _pack(values: dict, names: list[str]):
+    """``[S, G, F]``: the named ``[S, G, *e]`` values, flattened and concatenated."""
+    return jnp.concatenate([values[n].reshape(values[n].shape[:2] + (-1,)) for n in names],
+                           axis=2)
+
+
+def _unpack(packs: dict) -> dict:
+    """``{pack key: [..., F]}`` -> ``{name: [..., *e]}`` (numpy)."""
+    out = {}
+    for key, arr in packs.items():
+        arr = np.asarray(arr)
+        lead, off = arr.shape[:-1], 0
+        for name, e in json.loads(key):
+            size = int(np.prod(e, dtype=np.int64))
+            out[name] = arr[..., off:off + size].reshape(lead + tuple(e))
+            off += size
+    return out
 
 
 class StationaryState(NamedTuple):
@@ -177,10 +213,12 @@ class Observe:
         mask_b = mask.reshape((-1, b) + mask.shape[1:])                   # [S/B, B, G]
         count = jnp.sum(mask_b, axis=1, dtype=jnp.int32)                   # [S/B, G]
         values, means, m2s = dict(state.values), dict(state.mean), dict(state.m2)
-        for name, fn in self._fns(ctx).items():
-            v = ctx.evaluate(fn, members, hp, data, t)
+        evaluated = {name: ctx.evaluate(fn, members, hp, data, t)
+                     for name, fn in self._fns(ctx).items()}
+        for key, names in _packs(evaluated).items():
+            v = _pack(evaluated, names)                                   # [S, G, F]
             if self.members:
-                values[name] = _put(values[name], v, state.ptr)
+                values[key] = _put(values[key], v, state.ptr)
             if self.stats:
                 vb = v.reshape((-1, b) + v.shape[1:])
                 extra = (1,) * (v.ndim - 2)
@@ -188,8 +226,8 @@ class Observe:
                 c = jnp.maximum(count, 1).reshape(count.shape + extra)
                 mean = jnp.sum(jnp.where(m, vb, 0), axis=1) / c
                 m2 = jnp.sum(jnp.where(m, (vb - mean[:, None]) ** 2, 0), axis=1)
-                means[name] = _put(means[name], mean, state.ptr)
-                m2s[name] = _put(m2s[name], m2, state.ptr)
+                means[key] = _put(means[key], mean, state.ptr)
+                m2s[key] = _put(m2s[key], m2, state.ptr)
         new_count = _put(state.count, count, state.ptr) if self.stats else state.count
         return ObserveState(state.ptr + 1, values, new_count, means, m2s)
 
@@ -200,13 +238,16 @@ class Observe:
         s, g = members.diverged_step.shape[:2]
         r, nb, t0 = len(steps), s // ctx.block, jnp.int32(0)
         values, means, m2s = {}, {}, {}
-        for name, fn in self._fns(ctx).items():
-            v = ctx.evaluate(fn, members, hp, data, t0)  # shape only; DCE'd
+        evaluated = {name: ctx.evaluate(fn, members, hp, data, t0)  # shapes only; DCE'd
+                     for name, fn in self._fns(ctx).items()}
+        for key, names in _packs(evaluated).items():
+            f = sum(math.prod(evaluated[n].shape[2:]) for n in names)
+            dtype = evaluated[names[0]].dtype
             if self.members:
-                values[name] = jnp.full((s, g, r) + v.shape[2:], jnp.nan, v.dtype)
+                values[key] = jnp.full((s, g, r, f), jnp.nan, dtype)
             if self.stats:
-                means[name] = jnp.full((nb, g, r) + v.shape[2:], jnp.nan, v.dtype)
-                m2s[name] = jnp.full((nb, g, r) + v.shape[2:], jnp.nan, v.dtype)
+                means[key] = jnp.full((nb, g, r, f), jnp.nan, dtype)
+                m2s[key] = jnp.full((nb, g, r, f), jnp.nan, dtype)
         state = ObserveState(jnp.int32(0), values, jnp.zeros((nb, g, r), jnp.int32), means, m2s)
         if steps[0] == 0 and not ctx.update_at_step_zero:
             state = self._record(ctx, state, members, hp, data, valid, t0)
@@ -225,11 +266,12 @@ class Observe:
     def collect(self, ctx, state, members, valid):
         n_valid = int(valid.sum())
         blocks = -(-n_valid // ctx.block)  # blocks holding at least one valid seed
-        return {"values": {k: np.asarray(v)[valid] for k, v in state.values.items()},
+        means, m2s = _unpack(state.mean), _unpack(state.m2)
+        return {"values": {k: v[valid] for k, v in _unpack(state.values).items()},
                 "stats": {k: {"count": np.asarray(state.count)[:blocks].astype(np.int64),
-                              "mean": np.asarray(state.mean[k], np.float64)[:blocks],
-                              "m2": np.asarray(state.m2[k], np.float64)[:blocks]}
-                          for k in state.mean}}
+                              "mean": np.asarray(means[k], np.float64)[:blocks],
+                              "m2": np.asarray(m2s[k], np.float64)[:blocks]}
+                          for k in means}}
 
     def merge(self, ctx, parts):
         out = {"values": {k: _cat(parts, lambda c, k=k: c["values"][k])
