@@ -10,6 +10,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import sgdlab as sl
+from sgdlab import data as data_lib
 from sgdlab import engine, models, theory
 from sgdlab import problems as P
 
@@ -760,6 +761,41 @@ def test_mlp_init_is_one_draw_with_the_stated_variances(init):
     text = jax.jit(lambda k: models.mlp_init(k, sizes, init, 0.7)).lower(
         jax.random.key(0)).as_text()
     assert text.count("erf_inv") == 1
+
+
+def test_linear_regression_and_du_draw_once_per_call():
+    """Random-stream version 5: a ``linear_regression`` block is one normal draw of
+    ``(n, d + 1)`` (the inputs' normals, then the label noise) and a ``du_two_layer``
+    network one draw of ``(width, dim + 1)`` (``W``, then ``a`` = the signs of the last
+    column), compared with those formulas written out; each lowered program holds one
+    inverse error function. The signs are a fair ±1, independent of ``W`` (4 SE over
+    4000 seeds × 16 units)."""
+    A = np.array([[2.0, 0.5], [0.5, 1.0]])
+    pb = P.linear_regression(A, 0.3, 3, w_star=[1.0, -2.0])
+    key, n = jax.random.key(5), 24
+    x, y = pb.data.block(None, key, 0, 8)
+    z = np.asarray(jax.random.normal(data_lib.block_key(key, 0), (n, 3)))
+    LA = pb.arrays["LA"]
+    np.testing.assert_allclose(LA @ LA.T, A, atol=1e-12)
+    x_want = z[:, :2] @ LA.T
+    np.testing.assert_allclose(np.asarray(x).reshape(n, 2), x_want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(y).reshape(n), x_want @ [1.0, -2.0] + 0.3 * z[:, 2],
+                               rtol=1e-5, atol=1e-6)
+    text = jax.jit(lambda k: pb.data.block(None, k, 0, 8)).lower(key).as_text()
+    assert text.count("erf_inv") == 1
+
+    du = P.du_two_layer(16, n_data=8, dim=5)
+    keys = jax.vmap(jax.random.key)(jnp.arange(4000))
+    nets = jax.jit(jax.vmap(du.init))(keys)
+    z = np.asarray(jax.vmap(lambda k: jax.random.normal(k, (16, 6)))(keys))
+    np.testing.assert_array_equal(nets["W"], z[..., :5])
+    np.testing.assert_array_equal(nets["a"], np.where(z[..., 5] >= 0, 1.0, -1.0))
+    a = np.asarray(nets["a"], np.float64).ravel()
+    assert set(np.unique(a)) == {-1.0, 1.0}
+    assert abs(a.mean()) < 4 / math.sqrt(a.size)
+    w_norm = np.linalg.norm(np.asarray(nets["W"], np.float64), axis=-1).ravel()
+    assert abs(np.corrcoef(a, w_norm)[0, 1]) < 4 / math.sqrt(a.size)
+    assert jax.jit(du.init).lower(jax.random.key(0)).as_text().count("erf_inv") == 1
 
 
 @pytest.mark.parametrize("make", [

@@ -38,7 +38,7 @@ class Carry(NamedTuple):
     data: Any                   # data drawn once (shared, or per seed with a seed axis)
 
 
-STREAM_VERSION = 4
+STREAM_VERSION = 5
 """The version of the random streams (how keys and normals are derived from the seed).
 
 A member's keys are ``fold_in(fold_in(key(seed), 0), seed_index)`` -> init
@@ -65,6 +65,12 @@ i.i.d. rows, ``noisy_quadratic``, ``linear_regression``, ``mlp_regression``,
 :func:`sgdlab.data.block_steps` steps, one draw from ``block_key(data_key, b)`` per
 block, where version 3 drew every step's batch from ``fold_in(data_key, t)``
 (:func:`sgdlab.data.step_batch` is the batch of step ``t`` either way).
+
+Version 5: ``linear_regression`` draws a block's inputs and label noise with one
+``normal(key, (n, d + 1))`` (columns ``:d`` the inputs' standard normals, column ``d``
+the noise), and ``du_two_layer``'s network is one ``normal(key, (width, dim + 1))``
+(``W``, and ``a`` the signs of column ``dim``), where version 4 split the key into two
+draws: each random call is one more Threefry hash for XLA to compile.
 
 Any change to these derivations must increase the version: results, checkpoints
 and ``summary.json`` record it, and a checkpoint of another version is refused on

@@ -119,9 +119,11 @@ def _du_two_layer(arrays, *, width: int, dim: int, reduction: str, n_data: int,
     scale = 1.0 / math.sqrt(width)
 
     def init_fn(key):
-        kw, ka = jax.random.split(key)
-        W = jax.random.normal(kw, (width, dim))
-        return {"W": W, "a": jax.random.rademacher(ka, (width,), dtype=W.dtype)}
+        # one draw (random-stream version 5): W, and a_r = ±1 from the sign of column
+        # ``dim``; a normal's sign is exactly fair (jax.random.normal maps half of its
+        # uniform grid to each sign) and independent of W
+        z = jax.random.normal(key, (width, dim + 1))
+        return {"W": z[:, :dim], "a": jnp.where(z[:, dim] >= 0, 1.0, -1.0).astype(z.dtype)}
 
     def apply(params, x):
         # the same values either way; the gradient reaches a only where train_a

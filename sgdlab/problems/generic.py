@@ -101,9 +101,9 @@ def _linear_regression(a, *, batch_size: int, reduction: str) -> Problem:
     c = 0.5 if reduction.startswith("half") else 1.0
 
     def sample(key, n):
-        kx, ke = jax.random.split(key)
-        x = jax.random.normal(kx, (n, d)) @ a["LA"].T
-        return x, x @ a["w_star"] + a["sigma"] * jax.random.normal(ke, (n,))
+        z = jax.random.normal(key, (n, d + 1))  # one draw (random-stream version 5)
+        x = z[:, :d] @ a["LA"].T
+        return x, x @ a["w_star"] + a["sigma"] * z[:, d]
 
     def init(key):
         ws = jnp.asarray(a["w_star"], jnp.result_type(float))
