@@ -269,41 +269,45 @@ def _mala_program(activation: str, chains: int, warmup: int, per_batch: int, n_b
             u, g = loss_and_grad(X, y, a, reg, activation, w, xp=jnp)
             return u, u / T, (g.reshape(chains, D) @ A) / T
 
-        z = jnp.sqrt(T) * jax.random.normal(jax.random.fold_in(key, 0), (chains, D), X.dtype)
-        u, v, gv = energy(z)
-        log_eps = jnp.log(jnp.asarray(D, X.dtype) ** (-1.0 / 6.0))
-        carry = (z, u, v, gv, log_eps, jnp.zeros((n_batches, chains), X.dtype),
-                 jnp.zeros((), X.dtype), jnp.min(u), z[jnp.argmin(u)])
-
-        def step(carry, t):
+        def step(carry, i):
+            # iteration 0 draws the start from N(0, T·I) and always accepts it, so the
+            # energy of the start comes from the same compiled code as every proposal's;
+            # iteration i ≥ 1 is MALA step t = i - 1
             z, u, v, gv, log_eps, sums, acc, best_u, best_z = carry
-            k_xi, k_u = jax.random.split(jax.random.fold_in(key, t + 1))
+            k_xi, k_u = jax.random.split(jax.random.fold_in(key, i))
             eps = jnp.exp(log_eps)
             xi = jax.random.normal(k_xi, z.shape, X.dtype)
-            z_new = z - 0.5 * eps * eps * gv + eps * xi
+            start = i == 0
+            z_new = jnp.where(start, jnp.sqrt(T) * xi, z - 0.5 * eps * eps * gv + eps * xi)
             u_new, v_new, gv_new = energy(z_new)
             bwd = z - z_new + 0.5 * eps * eps * gv_new
             log_ratio = v - v_new - (jnp.sum(bwd * bwd, 1) - eps * eps * jnp.sum(xi * xi, 1)) \
                 / (2 * eps * eps)
             log_ratio = jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)
-            accept = jnp.log(jax.random.uniform(k_u, (chains,), X.dtype)) < log_ratio
+            accept = start | (jnp.log(jax.random.uniform(k_u, (chains,), X.dtype)) < log_ratio)
             z = jnp.where(accept[:, None], z_new, z)
             u = jnp.where(accept, u_new, u)
             v = jnp.where(accept, v_new, v)
             gv = jnp.where(accept[:, None], gv_new, gv)
             rate = jnp.mean(jnp.exp(jnp.minimum(log_ratio, 0.0)))
+            t = i - 1
             warm = t < warmup
-            log_eps = log_eps + jnp.where(warm, 2.0 * (rate - target_accept)
+            log_eps = log_eps + jnp.where(warm & ~start, 2.0 * (rate - target_accept)
                                           / jnp.sqrt(t + 1.0), 0.0)
             k = jnp.clip((t - warmup) // per_batch, 0, n_batches - 1)
             sums = sums.at[k].add(jnp.where(warm, 0.0, u))
             acc = acc + jnp.where(warm, 0.0, rate)
-            i = jnp.argmin(u)
-            better = u[i] < best_u
-            return (z, u, v, gv, log_eps, sums, acc, jnp.where(better, u[i], best_u),
-                    jnp.where(better, z[i], best_z)), None
+            j = jnp.argmin(u)
+            better = u[j] < best_u
+            return (z, u, v, gv, log_eps, sums, acc, jnp.where(better, u[j], best_u),
+                    jnp.where(better, z[j], best_z)), None
 
-        carry, _ = jax.lax.scan(step, carry, jnp.arange(total))
+        zeros = jnp.zeros((chains, D), X.dtype)
+        carry = (zeros, zeros[:, 0], zeros[:, 0], zeros,
+                 jnp.log(jnp.asarray(D, X.dtype) ** (-1.0 / 6.0)),
+                 jnp.zeros((n_batches, chains), X.dtype), jnp.zeros((), X.dtype),
+                 jnp.asarray(jnp.inf, X.dtype), zeros[0])
+        carry, _ = jax.lax.scan(step, carry, jnp.arange(total + 1))
         _, _, _, _, log_eps, sums, acc, best_u, best_z = carry
         return sums / per_batch, acc / (per_batch * n_batches), jnp.exp(log_eps), best_u, \
             c + A @ best_z
