@@ -65,8 +65,9 @@ MODES = ("with_replacement", "without_replacement", "full")
 BLOCK_ELEMENTS = 4096
 """At most this many numbers per seed in one block of batches (see :func:`block_steps`)."""
 
-BLOCK_TAG = 2**31 - 1
-"""``block_key(key, b) = fold_in(fold_in(key, BLOCK_TAG), b)``: no step ``t`` uses this tag."""
+BLOCK_TAG = 2**31
+"""``block_key(key, b) = fold_in(key, BLOCK_TAG + b)`` (as uint32): steps ``t < 2³¹`` use
+``fold_in(key, t)``, so no block key is a step's key."""
 
 
 class DataSource(NamedTuple):
@@ -92,8 +93,9 @@ class DataSource(NamedTuple):
 
 
 def block_key(key: jax.Array, b) -> jax.Array:
-    """The key of block ``b`` of a seed's data key (distinct from every step's key)."""
-    return jax.random.fold_in(jax.random.fold_in(key, BLOCK_TAG), b)
+    """The key of block ``b`` of a seed's data key: ``fold_in(key, 2³¹ + b)``, one hash
+    (random-stream version 5), distinct from every step's key ``fold_in(key, t)``."""
+    return jax.random.fold_in(key, jnp.asarray(b, jnp.uint32) | jnp.uint32(BLOCK_TAG))
 
 
 def rows_alone(dtype=None) -> bool:

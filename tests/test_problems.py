@@ -764,15 +764,26 @@ def test_mlp_init_is_one_draw_with_the_stated_variances(init):
 
 
 def test_linear_regression_and_du_draw_once_per_call():
-    """Random-stream version 5: a ``linear_regression`` block is one normal draw of
-    ``(n, d + 1)`` (the inputs' normals, then the label noise) and a ``du_two_layer``
+    """Random-stream version 5: a block's key is one ``fold_in(key, 2³¹ + b)`` (one hash,
+    never a step's ``fold_in(key, t)``); a ``linear_regression`` block is one normal draw
+    of ``(n, d + 1)`` (the inputs' normals, then the label noise) and a ``du_two_layer``
     network one draw of ``(width, dim + 1)`` (``W``, then ``a`` = the signs of the last
     column), compared with those formulas written out; each lowered program holds one
     inverse error function. The signs are a fair ±1, independent of ``W`` (4 SE over
     4000 seeds × 16 units)."""
+    key = jax.random.key(5)
+    for b in (0, 3, 2**31 - 1):
+        np.testing.assert_array_equal(
+            jax.random.key_data(data_lib.block_key(key, b)),
+            jax.random.key_data(jax.random.fold_in(key, np.uint32(2**31 + b))))
+
+    def rotations(f):
+        return jax.jit(f).lower(key).compile().as_text().count("shift-left")
+    assert rotations(lambda k: data_lib.block_key(k, 7)) == \
+        rotations(lambda k: jax.random.fold_in(k, 7)) > 0
     A = np.array([[2.0, 0.5], [0.5, 1.0]])
     pb = P.linear_regression(A, 0.3, 3, w_star=[1.0, -2.0])
-    key, n = jax.random.key(5), 24
+    n = 24
     x, y = pb.data.block(None, key, 0, 8)
     z = np.asarray(jax.random.normal(data_lib.block_key(key, 0), (n, 3)))
     LA = pb.arrays["LA"]

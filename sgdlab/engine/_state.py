@@ -70,7 +70,9 @@ Version 5: ``linear_regression`` draws a block's inputs and label noise with one
 ``normal(key, (n, d + 1))`` (columns ``:d`` the inputs' standard normals, column ``d``
 the noise), and ``du_two_layer``'s network is one ``normal(key, (width, dim + 1))``
 (``W``, and ``a`` the signs of column ``dim``), where version 4 split the key into two
-draws: each random call is one more Threefry hash for XLA to compile.
+draws; and :func:`sgdlab.data.block_key` is one ``fold_in(data_key, 2³¹ + b)``, where
+version 4 folded in a tag and then ``b``. Each random call is one more Threefry hash for
+XLA to compile.
 
 Any change to these derivations must increase the version: results, checkpoints
 and ``summary.json`` record it, and a checkpoint of another version is refused on
