@@ -363,7 +363,7 @@ def test_observe_writes_one_buffer_per_dtype_whatever_the_number_of_observables(
 
     many = ("risk", "loss", "distance", "param_norm", "w", ("w_outer", lambda o: jnp.outer(
         o.params, o.params)))
-    assert writes(study(many)) == writes(study(("risk",)))
+    assert writes(study(many)) == writes(study(("risk",))) > 0
     ds = sl.run(study(many), progress=False)
     assert ds["w"].shape[-1] == 2 and ds["w_outer"].shape[-2:] == (2, 2)
     np.testing.assert_allclose(ds["w_outer"].values,

@@ -76,7 +76,7 @@ class ObserveState(NamedTuple):
     """:class:`Observe`'s carried state. The observables of one dtype share buffers,
     so that a record is one in-place write per buffer, not one per observable: each
     dict maps a pack's key (JSON ``[[name, per-member shape], ...]``) to
-    ``[..., R, F]``, ``F`` the pack's flattened per-member values (:func:`_packs`)."""
+    ``[..., R, F]``, ``F`` the pack's flattened per-member values."""
 
     ptr: jnp.ndarray            # int32 scalar: next record index
     values: dict                # pack -> [S, G, R, F] (members) or {}
@@ -207,14 +207,18 @@ class Observe:
     def _fns(self, ctx):
         return dict(ctx.resolve(s, "observe") for s in self.observables)
 
+    def _evaluate(self, ctx, members, hp, data, t) -> dict:
+        """``{name: [S, G, *e]}`` of every observable at step ``t``."""
+        return {name: ctx.evaluate(fn, members, hp, data, t)
+                for name, fn in self._fns(ctx).items()}
+
     def _record(self, ctx, state: ObserveState, members, hp, data, valid, t):
         b = ctx.block
         mask = ctx.live(members, valid)
         mask_b = mask.reshape((-1, b) + mask.shape[1:])                   # [S/B, B, G]
         count = jnp.sum(mask_b, axis=1, dtype=jnp.int32)                   # [S/B, G]
         values, means, m2s = dict(state.values), dict(state.mean), dict(state.m2)
-        evaluated = {name: ctx.evaluate(fn, members, hp, data, t)
-                     for name, fn in self._fns(ctx).items()}
+        evaluated = self._evaluate(ctx, members, hp, data, t)
         for key, names in _packs(evaluated).items():
             v = _pack(evaluated, names)                                   # [S, G, F]
             if self.members:
@@ -238,8 +242,7 @@ class Observe:
         s, g = members.diverged_step.shape[:2]
         r, nb, t0 = len(steps), s // ctx.block, jnp.int32(0)
         values, means, m2s = {}, {}, {}
-        evaluated = {name: ctx.evaluate(fn, members, hp, data, t0)  # shapes only; DCE'd
-                     for name, fn in self._fns(ctx).items()}
+        evaluated = self._evaluate(ctx, members, hp, data, t0)  # shapes only; DCE'd
         for key, names in _packs(evaluated).items():
             f = sum(math.prod(evaluated[n].shape[2:]) for n in names)
             dtype = evaluated[names[0]].dtype

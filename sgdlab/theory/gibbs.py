@@ -293,7 +293,7 @@ def _mala_program(activation: str, chains: int, warmup: int, per_batch: int, n_b
             t = i - 1
             warm = t < warmup
             log_eps = log_eps + jnp.where(warm & ~start, 2.0 * (rate - target_accept)
-                                          / jnp.sqrt(t + 1.0), 0.0)
+                                          / jnp.sqrt(jnp.maximum(t + 1.0, 1.0)), 0.0)
             k = jnp.clip((t - warmup) // per_batch, 0, n_batches - 1)
             sums = sums.at[k].add(jnp.where(warm, 0.0, u))
             acc = acc + jnp.where(warm, 0.0, rate)
