@@ -274,6 +274,45 @@ def test_divergence_bound_flags_large_parameters():
     assert np.all(ds.diverged_step.values > 0)
 
 
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+@pytest.mark.parametrize("bound", [math.inf, 1e6])
+def test_one_non_finite_element_of_a_large_leaf_is_divergence_with_or_without_a_bound(
+        bound, bad):
+    """A member whose update puts NaN (or −inf) into a single element of a 4096-element
+    leaf is flagged at that step (its loss there is finite) and keeps its last finite
+    parameters, with or without a bound. The check is elementwise (``|x| <= bound``, or
+    ``isfinite`` without a bound) and never a max-reduction: XLA:CPU's max over 2^15 or
+    more elements, compiled alone, drops a NaN (``jnp.max(jnp.abs(x)) <= 1e6`` is True for
+    an x of shape [16, 2, 4096] holding NaNs; benchmarks/RESULTS.md). Without the check the
+    unbounded cases fail (the member flagged a step late, by its loss, non-finite
+    parameters kept); with ``|x| <= inf`` as the unbounded check, the −inf case fails."""
+    n = 4096
+
+    def init(key):  # the first element is 0 for about half of the seeds, 1 for the others
+        w = jnp.full((n,), 0.5, jnp.float32)
+        return w.at[0].set(jnp.where(jax.random.bernoulli(key), 0.0, 1.0))
+
+    def loss(w, batch, hp):  # at w0 = 0 the loss is finite and its w0-derivative is
+        # inf · 0 = NaN (|w0|^½) or +inf (√w0, so the update sends w0 to −inf)
+        kink = jnp.abs(w[0]) ** 0.5 if bad == "nan" else jnp.sqrt(w[0])
+        return jnp.mean(w * w) + kink
+
+    source = sl.data.DataSource(init=lambda key: None, batch=lambda d, k, t: None,
+                                shared=True, batch_size=1)
+    problem = sl.Problem(name="kink_at_zero", init=init, loss=loss, data=source)
+    study = sl.Study(problem, sl.Optimizer("sgd"), {"learning_rate": [0.01, 0.02]}, steps=3,
+                     seeds=16, divergence_bound=bound,
+                     observe=sl.Observe((("w0", lambda o: o.params[0]), "loss"), at=(0, 3)))
+    ds = sl.run(study, progress=False)
+    at_zero = ds["w0"].isel(step=0).values == 0.0                   # [lr, seed]
+    assert 0 < at_zero[0].sum() < 16                                # both kinds of seeds
+    div = ds.diverged_step.values
+    np.testing.assert_array_equal(div, np.where(at_zero, 1, -1))
+    # flagged members keep their last finite parameters; the others moved
+    w0 = ds["w0"].isel(step=-1).values
+    assert np.all(w0[at_zero] == 0.0) and np.all((w0[~at_zero] > 0) & (w0[~at_zero] < 1))
+
+
 def test_step_zero_is_recorded_by_the_segments_code_not_by_a_copy_in_the_init():
     """With the built-in recorders the first segment records step 0 (its step at t = 0
     changes no member), so the init program holds no copy of a recorded observable: one

@@ -18,8 +18,7 @@ from sgdlab.engine import _checks
 from sgdlab.engine._state import (
     Carry,
     MemberState,
-    _all_finite,
-    _max_abs,
+    _all_within,
     _norm,
     _select,
     abstract_key,
@@ -258,9 +257,7 @@ class _Program:
         tx = study.optimizer.build(hp, self.optimizer_arrays)
         updates, opt_state = tx.update(grads, ms.opt_state, ms.params)
         params = optax.apply_updates(ms.params, updates)
-        ok = jnp.isfinite(loss) & _all_finite(params)
-        if math.isfinite(self.bound):
-            ok = ok & (_max_abs(params) <= self.bound)
+        ok = jnp.isfinite(loss) & _all_within(params, self.bound)
         keep = alive & ok
         new = ms._replace(
             params=_select(keep, params, ms.params),

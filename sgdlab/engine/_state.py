@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -207,14 +208,15 @@ def _norm(tree) -> jnp.ndarray:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def _all_finite(tree) -> jnp.ndarray:
+def _all_within(tree, bound: float) -> jnp.ndarray:
+    """Whether every element of ``tree`` is finite and, for a finite ``bound``, at most
+    ``bound`` in absolute value: one elementwise test and one AND-reduction per leaf
+    (``|x| <= bound`` is False for NaN and ±inf). Never a max-reduction: XLA:CPU's
+    vectorized max over 2^15 or more elements can drop a NaN (benchmarks/RESULTS.md)."""
+    def within(x):
+        return jnp.isfinite(x) if math.isinf(bound) else jnp.abs(x) <= bound
     leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def _max_abs(tree) -> jnp.ndarray:
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
+    return jnp.all(jnp.stack([jnp.all(within(x)) for x in leaves]))
 
 
 def _select(pred, new, old):
