@@ -369,6 +369,41 @@ def test_optimizer_keys_are_discovered_and_unread_keys_refused():
     assert sl.Optimizer("sgd", schedule="power").defaults == {"n0": 0.0}
 
 
+def test_finding_an_optimizers_keys_compiles_nothing_and_a_broken_factory_is_named():
+    """The keys a factory or schedule reads are found by tracing it on placeholders, not by
+    running it: no program is compiled (run eagerly, each operation on the placeholders
+    compiled a one-op program: a power schedule cost five). A factory that fails is named
+    in one line."""
+    from jax import monitoring
+    compiled = []
+
+    def listen(event, duration, **kw):
+        if event.endswith("backend_compile_duration"):
+            compiled.append(kw.get("fun_name"))
+
+    def cube_root_schedule(hp):  # operations no other test runs eagerly on scalars
+        return lambda count: jnp.cbrt(hp["gamma0"]) / jnp.log1p(count + hp["n0"])
+
+    monitoring.register_event_duration_secs_listener(listen)
+    try:
+        opt = sl.Optimizer("sgd", schedule=cube_root_schedule)
+        assert set(opt.required) == {"gamma0", "n0"}
+        power = sl.Optimizer("sgd", schedule="power")
+        assert set(power.required) == {"alpha", "gamma0"} and power.defaults == {"n0": 0.0}
+    finally:
+        monitoring.unregister_event_duration_listener(listen)
+    assert compiled == []
+
+    def broken(hp):
+        return optax.sgd(hp["learning_rate"] + "a string")
+
+    import optax
+    with pytest.raises(ValueError, match=r"^optimizer='broken' is invalid: calling it with hp "
+                                         r"failed \(TypeError: ") as e:
+        sl.Optimizer(broken)
+    assert_friendly(e)
+
+
 # --------------------------------------------------------------------------- friendly errors
 
 

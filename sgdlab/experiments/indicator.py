@@ -56,7 +56,6 @@ import functools
 import json
 import math
 
-import jax.numpy as jnp
 import numpy as np
 
 from sgdlab import analysis, engine
@@ -217,7 +216,9 @@ def _validate(cfg):
 
 def _passage_recorder(cfg, d):
     deltas = _deltas(cfg, d)
-    a_star = jnp.asarray(theory.ramp_threshold(deltas, cfg["radius"]))
+    # a NumPy constant of the traced predicate (a jnp array would be staged eagerly: a
+    # program compiled for nothing)
+    a_star = np.asarray(theory.ramp_threshold(deltas, cfg["radius"]))
 
     def fitted_at_r_plus_delta(o):
         return o.params["a"] >= a_star

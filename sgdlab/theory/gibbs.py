@@ -312,7 +312,15 @@ def _mala_program(activation: str, chains: int, warmup: int, per_batch: int, n_b
         return sums / per_batch, acc / (per_batch * n_batches), jnp.exp(log_eps), best_u, \
             c + A @ best_z
 
-    return jax.jit(jax.vmap(run, in_axes=(0, None, None, None, None, None, None, 0, None)))
+    per_temperature = jax.vmap(run, in_axes=(0, None, None, None, None, None, None, 0, None))
+
+    def program(seed, X, y, a, reg, c, A, Ts, target_accept):
+        # temperature i's key, derived inside the program: run eagerly, the derivation
+        # compiled six one-op programs of its own
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
+            jnp.arange(Ts.shape[0]))
+        return per_temperature(keys, X, y, a, reg, c, A, Ts, target_accept)
+    return jax.jit(program)
 
 
 _PROGRAMS: dict = {}
@@ -347,7 +355,6 @@ def mala(obj: TwoLayerObjective, temperatures: Any, center: np.ndarray, hessian:
       One :class:`GibbsSample` per temperature.
     """
     import jax
-    import jax.numpy as jnp
 
     Ts = np.atleast_1d(np.asarray(temperatures, dtype=np.float64))
     if Ts.ndim != 1 or not np.all(np.isfinite(Ts)) or np.any(Ts <= 0):
@@ -365,10 +372,8 @@ def mala(obj: TwoLayerObjective, temperatures: Any, center: np.ndarray, hessian:
     if static not in _PROGRAMS:
         _PROGRAMS[static] = _mala_program(*static)
     with jax.enable_x64(True):
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
-            jnp.arange(Ts.size))
-        f64 = lambda x: jnp.asarray(x, dtype=jnp.float64)  # noqa: E731
-        out = _PROGRAMS[static](keys, f64(obj.X), f64(obj.y), f64(obj.a), f64(obj.reg),
+        f64 = lambda x: np.asarray(x, dtype=np.float64)  # noqa: E731
+        out = _PROGRAMS[static](np.int64(seed), f64(obj.X), f64(obj.y), f64(obj.a), f64(obj.reg),
                                 f64(np.asarray(center).reshape(-1)), f64(A), f64(Ts),
                                 f64(target_accept))
         batch_means, acc, eps, best_u, best_w = (np.asarray(o, dtype=np.float64) for o in out)
