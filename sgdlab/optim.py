@@ -21,8 +21,8 @@ Any ``hp -> optax.GradientTransformation`` factory is an optimizer too::
     sl.Optimizer(clipped_sgd)          # sweep {"clip": [...], "learning_rate": [...]}
 
 Every number the factory reads from ``hp`` is traced (sweepable, no recompile); the
-keys it reads are found by calling it once, and a study must give each of them (or
-``Optimizer(factory, defaults={...})`` does). The named optimizers below are such
+keys it reads are found by tracing it once (nothing is compiled), and a study must give
+each of them (or ``Optimizer(factory, defaults={...})`` does). The named optimizers below are such
 factories, and so are schedules (``hp -> step size or count -> step size``).
 
 Hyperparameter names of the named optimizers (keys of ``hp``):
@@ -136,7 +136,7 @@ class _Reads(Mapping):
 
 
 def reads(fn: Callable, *args) -> tuple[str, ...]:
-    """The ``hp`` keys ``fn(hp, *args)`` reads (calling it once on placeholder values)."""
+    """The ``hp`` keys ``fn(hp, *args)`` reads (traced once on placeholder values)."""
     hp = _Reads()
 
     def probe():
