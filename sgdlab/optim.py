@@ -22,8 +22,8 @@ Any ``hp -> optax.GradientTransformation`` factory is an optimizer too::
 
 Every number the factory reads from ``hp`` is traced (sweepable, no recompile); the
 keys it reads are found by tracing it once (nothing is compiled), and a study must give
-each of them (or ``Optimizer(factory, defaults={...})`` does). The named optimizers below are such
-factories, and so are schedules (``hp -> step size or count -> step size``).
+each of them (or ``Optimizer(factory, defaults={...})`` does). The named optimizers below
+are such factories, and so are schedules (``hp -> step size or count -> step size``).
 
 Hyperparameter names of the named optimizers (keys of ``hp``):
 

@@ -394,10 +394,11 @@ def test_finding_an_optimizers_keys_compiles_nothing_and_a_broken_factory_is_nam
         monitoring.unregister_event_duration_listener(listen)
     assert compiled == []
 
+    import optax
+
     def broken(hp):
         return optax.sgd(hp["learning_rate"] + "a string")
 
-    import optax
     with pytest.raises(ValueError, match=r"^optimizer='broken' is invalid: calling it with hp "
                                          r"failed \(TypeError: ") as e:
         sl.Optimizer(broken)

@@ -217,6 +217,7 @@ class Observe:
         mask = ctx.live(members, valid)
         mask_b = mask.reshape((-1, b) + mask.shape[1:])                   # [S/B, B, G]
         count = jnp.sum(mask_b, axis=1, dtype=jnp.int32)                   # [S/B, G]
+        m, c = mask_b[..., None], jnp.maximum(count, 1)[..., None]         # for every pack
         values, means, m2s = dict(state.values), dict(state.mean), dict(state.m2)
         evaluated = self._evaluate(ctx, members, hp, data, t)
         for key, names in _packs(evaluated).items():
@@ -224,10 +225,7 @@ class Observe:
             if self.members:
                 values[key] = _put(values[key], v, state.ptr)
             if self.stats:
-                vb = v.reshape((-1, b) + v.shape[1:])
-                extra = (1,) * (v.ndim - 2)
-                m = mask_b.reshape(mask_b.shape + extra)
-                c = jnp.maximum(count, 1).reshape(count.shape + extra)
+                vb = v.reshape((-1, b) + v.shape[1:])                     # [S/B, B, G, F]
                 mean = jnp.sum(jnp.where(m, vb, 0), axis=1) / c
                 m2 = jnp.sum(jnp.where(m, (vb - mean[:, None]) ** 2, 0), axis=1)
                 means[key] = _put(means[key], mean, state.ptr)
