@@ -274,9 +274,13 @@ def _mala_program(activation: str, chains: int, warmup: int, per_batch: int, n_b
             # energy of the start comes from the same compiled code as every proposal's;
             # iteration i ≥ 1 is MALA step t = i - 1
             z, u, v, gv, log_eps, sums, acc, best_u, best_z = carry
-            k_xi, k_u = jax.random.split(jax.random.fold_in(key, i))
+            # one draw per iteration: D uniforms become the proposal's normals (√2·erf⁻¹ of a
+            # uniform on (−1, 1), jax.random.normal's own transform) and the last one is the
+            # acceptance's uniform; one hash call site, not four (a split, two draws)
+            uni = jax.random.uniform(jax.random.fold_in(key, i), (chains, D + 1), X.dtype)
             eps = jnp.exp(log_eps)
-            xi = jax.random.normal(k_xi, z.shape, X.dtype)
+            xi = math.sqrt(2.0) * jax.lax.erf_inv(
+                jnp.maximum(2.0 * uni[:, :D] - 1.0, np.nextafter(-1.0, 0.0)))
             start = i == 0
             z_new = jnp.where(start, jnp.sqrt(T) * xi, z - 0.5 * eps * eps * gv + eps * xi)
             u_new, v_new, gv_new = energy(z_new)
@@ -284,7 +288,7 @@ def _mala_program(activation: str, chains: int, warmup: int, per_batch: int, n_b
             log_ratio = v - v_new - (jnp.sum(bwd * bwd, 1) - eps * eps * jnp.sum(xi * xi, 1)) \
                 / (2 * eps * eps)
             log_ratio = jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)
-            accept = start | (jnp.log(jax.random.uniform(k_u, (chains,), X.dtype)) < log_ratio)
+            accept = start | (jnp.log(uni[:, D]) < log_ratio)
             z = jnp.where(accept[:, None], z_new, z)
             u = jnp.where(accept, u_new, u)
             v = jnp.where(accept, v_new, v)
