@@ -284,8 +284,11 @@ def _mala_program(activation: str, chains: int, warmup: int, per_batch: int, n_b
             start = i == 0
             z_new = jnp.where(start, jnp.sqrt(T) * xi, z - 0.5 * eps * eps * gv + eps * xi)
             u_new, v_new, gv_new = energy(z_new)
+            # log q(z|z') − log q(z'|z), both from the displacements: the forward one is ε·ξ
+            # (read from z', so XLA does not compute ξ's erf⁻¹ a second time for the sum)
+            fwd = z_new - z + 0.5 * eps * eps * gv
             bwd = z - z_new + 0.5 * eps * eps * gv_new
-            log_ratio = v - v_new - (jnp.sum(bwd * bwd, 1) - eps * eps * jnp.sum(xi * xi, 1)) \
+            log_ratio = v - v_new - (jnp.sum(bwd * bwd, 1) - jnp.sum(fwd * fwd, 1)) \
                 / (2 * eps * eps)
             log_ratio = jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)
             accept = start | (jnp.log(uni[:, D]) < log_ratio)
