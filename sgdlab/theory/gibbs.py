@@ -276,7 +276,8 @@ def _mala_program(activation: str, chains: int, warmup: int, per_batch: int, n_b
             z, u, v, gv, log_eps, sums, acc, best_u, best_z = carry
             # one draw per iteration: D uniforms become the proposal's normals (√2·erf⁻¹ of a
             # uniform on (−1, 1), jax.random.normal's own transform) and the last one is the
-            # acceptance's uniform; one hash call site, not four (a split, two draws)
+            # acceptance's uniform: two hash call sites (the fold_in and the draw), not four
+            # (a fold_in, a split and two draws)
             uni = jax.random.uniform(jax.random.fold_in(key, i), (chains, D + 1), X.dtype)
             eps = jnp.exp(log_eps)
             xi = math.sqrt(2.0) * jax.lax.erf_inv(
