@@ -7,8 +7,6 @@ import math
 from typing import Any
 
 import numpy as np
-import scipy.linalg
-import scipy.optimize
 import scipy.special
 
 from sgdlab.theory._checks import as_output, finite_array

@@ -31,7 +31,6 @@ import math
 from typing import Any, NamedTuple
 
 import numpy as np
-import scipy.optimize
 
 from sgdlab.theory._checks import finite_array, fmt
 
@@ -193,6 +192,8 @@ def minimize(obj: TwoLayerObjective, starts: Any = (), *, n_random: int = 8,
 
     def hess(v):
         return obj.hessian(v.reshape(obj.shape))
+
+    import scipy.optimize  # here: it is a quarter second of ``import sgdlab``
 
     found = []
     for w0 in pts:

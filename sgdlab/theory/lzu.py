@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
-import scipy.optimize
-import scipy.special
 
 from sgdlab.theory._checks import (
     NoStationaryDistribution,

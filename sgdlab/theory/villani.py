@@ -10,9 +10,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
-import scipy.optimize
-import scipy.special
 from jax.flatten_util import ravel_pytree
 
 from sgdlab.theory._checks import (
@@ -133,6 +130,8 @@ def villani_minimizer_and_hessian(
         def fun(v):
             val, g = val_grad(jnp.asarray(v, dtype=jnp.float64))
             return float(val), np.asarray(g, dtype=np.float64)
+
+        import scipy.optimize  # here: it is a quarter second of ``import sgdlab``
 
         res = scipy.optimize.minimize(
             fun,
