@@ -137,20 +137,24 @@ def wait(x):
     return x
 
 
-def time_runs(fn: Callable[[int], Any], repeats: int) -> dict:
+def time_runs(fn: Callable[[int], Any], repeats: int, min_s: float = 0.0) -> dict:
     """Run ``fn(0)`` once (warm-up, compiles) then ``fn(1..repeats)``; wall times.
 
-    Returns first, median and all repeat times (seconds); every run is waited for
-    with :func:`wait`.
+    With ``min_s``, runs go on past ``repeats`` until they add up to ``min_s`` seconds
+    (at most 1000 runs), so that the median of a run of a few milliseconds is not the
+    median of three. Returns first, median and all repeat times (seconds); every run is
+    waited for with :func:`wait`.
     """
     t0 = time.perf_counter()
     wait(fn(0))
     first = time.perf_counter() - t0
     times = []
-    for r in range(1, repeats + 1):
+    r = 1
+    while r <= repeats or (sum(times) < min_s and r <= 1000):
         t0 = time.perf_counter()
         wait(fn(r))
         times.append(time.perf_counter() - t0)
+        r += 1
     med = statistics.median(times)
     return {"first_s": first, "median_s": med, "times_s": times,
             "compile_s": max(first - med, 0.0)}
@@ -739,18 +743,24 @@ def run_case(case: Case, size: str, repeats: int, use_torch: bool, profile: bool
 # --------------------------------------------------------------------------- scaling
 
 
+SCALING_MIN_S = 0.5  # each ensemble size is timed over at least this long (runs of ms)
+
+
 def scaling(size: str, repeats: int, log=print) -> dict:
-    """Member-steps/s of the W1 problem against the ensemble size (8 learning rates)."""
+    """Member-steps/s of the W1 problem against the ensemble size (8 learning rates);
+    each size's engine and naive runs are repeated until they add up to
+    ``SCALING_MIN_S`` (8 members: a run takes about 8 ms on 2 CPU cores)."""
     seeds_list, steps = _pick(size, ([1, 8, 64, 256], 200), ([1, 8, 64], 100),
                               ([1, 2], 10))
     base = w1("tiny" if size == "tiny" else "quick").study
+    min_s = 0.0 if size == "tiny" else SCALING_MIN_S  # tiny: a smoke run, not a measurement
     out: dict[str, Any] = {"steps": steps, "members": [], "engine": [], "naive_vmap": []}
     for s in seeds_list:
         study = dataclasses.replace(base, seeds=s, steps=steps)
         m = study.n_members
-        te = time_runs(lambda r, st=study: sl.run(st, progress=False), repeats)
+        te = time_runs(lambda r, st=study: sl.run(st, progress=False), repeats, min_s)
         naive = baselines.naive_vmap(study, steps)
-        tn = time_runs(lambda r, f=naive: f(), repeats)
+        tn = time_runs(lambda r, f=naive: f(), repeats, min_s)
         out["members"].append(m)
         out["engine"].append(m * steps / te["median_s"])
         out["naive_vmap"].append(m * steps / tn["median_s"])
