@@ -158,3 +158,21 @@ def test_bitwise_comparison_sees_one_ulp():
     b["x"].values[1] = np.nextafter(np.float32(2.0), np.float32(3.0))
     assert bench._differing(a, b) == ["x"]
     assert bench._differing(a, a.drop_vars("n")) == ["n"]
+
+
+def test_time_runs_repeats_short_runs_until_they_add_up_to_min_s():
+    calls = []
+
+    def fn(r):
+        calls.append(r)
+        return r
+
+    t = bench.time_runs(fn, 3)
+    assert calls == [0, 1, 2, 3] and len(t["times_s"]) == 3  # no min_s: the repeats asked for
+    calls.clear()
+    t = bench.time_runs(fn, 3, min_s=1e9)  # never adds up: stops at 1000 runs
+    assert calls == list(range(1001)) and len(t["times_s"]) == 1000
+    calls.clear()
+    t = bench.time_runs(lambda r: fn(r) and __import__("time").sleep(0.002), 1, min_s=0.02)
+    assert sum(t["times_s"]) >= 0.02 and 1 <= len(t["times_s"]) <= 10
+    assert calls == list(range(len(t["times_s"]) + 1))
