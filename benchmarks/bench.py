@@ -148,12 +148,12 @@ def time_runs(fn: Callable[[int], Any], repeats: int, min_s: float = 0.0) -> dic
     t0 = time.perf_counter()
     wait(fn(0))
     first = time.perf_counter() - t0
-    times = []
-    r = 1
-    while r <= repeats or (sum(times) < min_s and r <= 1000):
+    times, total, r = [], 0.0, 1
+    while r <= repeats or (total < min_s and r <= 1000):
         t0 = time.perf_counter()
         wait(fn(r))
         times.append(time.perf_counter() - t0)
+        total += times[-1]
         r += 1
     med = statistics.median(times)
     return {"first_s": first, "median_s": med, "times_s": times,

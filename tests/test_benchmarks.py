@@ -174,6 +174,11 @@ def test_time_runs_repeats_short_runs_until_they_add_up_to_min_s():
     t = bench.time_runs(fn, 3, min_s=1e9)  # never adds up: stops at 1000 runs
     assert calls == list(range(1001)) and len(t["times_s"]) == 1000
     calls.clear()
-    t = bench.time_runs(lambda r: fn(r) and time.sleep(0.002), 1, min_s=0.02)  # 2 ms each
+
+    def slow(r):  # 2 ms each
+        calls.append(r)
+        time.sleep(0.002)
+
+    t = bench.time_runs(slow, 1, min_s=0.02)
     assert sum(t["times_s"]) >= 0.02 and 1 <= len(t["times_s"]) <= 10
     assert calls == list(range(len(t["times_s"]) + 1))
